@@ -1,0 +1,31 @@
+# embed_lm: `make help` lists the targets. Everything runs in .venv (created on first use).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help install demo test train-tiny clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install embed_lm (torch pinned to the CPU 2.13.0 build)
+
+demo: install ## LoRA-tune all-MiniLM-L6-v2 on the bundled sample (CPU, offline); held-out retrieval before/after
+	$(BIN)/python -m embed_lm.train experiment=demo
+
+test: install ## run the test suite (CPU, offline)
+	$(BIN)/python -m pytest -q
+
+train-tiny: install ## a few steps on the tiny random-init Mistral (smoke run)
+	$(BIN)/python -m embed_lm.train backbone=tiny_mistral data=sample debug=smoke
+
+clean: ## remove run outputs (keeps .venv)
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,202 @@
+"""Backbones: a pretrained LLM or encoder from a hub id / local path, or a tiny random-init decoder, plus LoRA.
+
+    python -m embed_lm.train backbone=mistral backbone.model_name_or_path=/models/Mistral-7B-v0.1
+    python -m embed_lm.train backbone=tiny_llama          # random init from LlamaConfig, CPU seconds
+
+Each `backbone/<name>.yaml` builds one of the two spec classes below; `.load()` returns a LoadedBackbone.
+A missing model fails within seconds, naming every place tried and the override that points at a local copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    """The model named by backbone.model_name_or_path could not be found anywhere we looked."""
+
+
+@dataclass
+class LoadedBackbone:
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    append_eos: bool
+    padding_side: str
+    lora_target_modules: list[str] = field(default_factory=list)
+
+
+def _hub_reachable(endpoint: str, timeout_s: float) -> bool:
+    """TCP connect to the hub host in a daemon thread, so neither DNS nor connect can stall us past timeout_s."""
+    url = urlparse(endpoint)
+    host, port = url.hostname or endpoint, url.port or (80 if url.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(result and result[0])
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_model_source(name: str, model_name_or_path: str, probe_timeout_s: float = 3.0) -> tuple[str, bool]:
+    """Return (where to load from, local_files_only), or raise BackboneNotFoundError saying what was tried."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BackboneNotFoundError(f"backbone '{name}': {path} exists but holds no config.json; point "
+                                        "backbone.model_name_or_path at a Hugging Face model directory")
+        return str(path), True
+    fix = (f"Download it where the hub is reachable (e.g. `hf download {model_name_or_path} --local-dir "
+           f"/models/{Path(model_name_or_path).name}`), then run: python -m embed_lm.train backbone={name} "
+           f"backbone.model_name_or_path=/models/{Path(model_name_or_path).name}")
+    if _looks_like_path(model_name_or_path):
+        raise BackboneNotFoundError(f"backbone '{name}': no model directory at {path.resolve()}. {fix}")
+    cached = try_to_load_from_cache(model_name_or_path, "config.json")
+    if isinstance(cached, str):
+        return model_name_or_path, bool(constants.HF_HUB_OFFLINE) or not _hub_reachable(constants.ENDPOINT,
+                                                                                         probe_timeout_s)
+    tried = [f"local directory {path.resolve()} (absent)",
+             f"Hugging Face cache {constants.HF_HUB_CACHE} (no '{model_name_or_path}')"]
+    if constants.HF_HUB_OFFLINE:
+        tried.append("hub (skipped: HF_HUB_OFFLINE=1)")
+    elif not _hub_reachable(constants.ENDPOINT, probe_timeout_s):
+        tried.append(f"hub {constants.ENDPOINT} (unreachable within {probe_timeout_s:g}s)")
+    else:
+        return model_name_or_path, False
+    raise BackboneNotFoundError(f"backbone '{name}': cannot find model '{model_name_or_path}'. Tried: "
+                                + "; ".join(tried) + f". {fix}")
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """'auto' = bfloat16 on a GPU that supports it (frozen weights; LoRA and autocast handle the rest), else fp32."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+class PretrainedBackbone:
+    """A Hugging Face model loaded with AutoModel (no LM head) from a hub id or local directory."""
+
+    def __init__(self, name: str, model_name_or_path: str, append_eos: bool, lora_target_modules: list[str],
+                 padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
+                 trust_remote_code: bool = False) -> None:
+        self.name = name
+        self.model_name_or_path = model_name_or_path
+        self.append_eos = append_eos
+        self.lora_target_modules = list(lora_target_modules)
+        self.padding_side = padding_side
+        self.dtype = dtype
+        self.probe_timeout_s = probe_timeout_s
+        self.trust_remote_code = trust_remote_code
+        self._source: tuple[str, bool] | None = None
+
+    def check(self) -> None:
+        """Fail fast (seconds) if the weights cannot be found; cheap, no weights are read."""
+        self._source = resolve_model_source(self.name, self.model_name_or_path, self.probe_timeout_s)
+
+    def load(self) -> LoadedBackbone:
+        if self._source is None:
+            self.check()
+        source, local_only = self._source
+        kwargs = dict(local_files_only=local_only, trust_remote_code=self.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModel.from_pretrained(source, dtype=resolve_dtype(self.dtype), attn_implementation="sdpa",
+                                          **kwargs)
+        log.info("loaded backbone %s from %s (%s)", self.name, source, model.dtype)
+        return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
+                              self.lora_target_modules)
+
+
+class TinyBackbone:
+    """A small random-init decoder (MistralConfig / LlamaConfig) with the repo's 4k-token BPE tokenizer.
+
+    Same code path as the 7B models (AutoModel from a config, sdpa attention, LoRA on all seven projections),
+    deterministic under `seed`, fast on CPU. Not a language model; for tests and smoke runs.
+    """
+
+    ARCHITECTURES = ("mistral", "llama")
+    LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    def __init__(self, name: str, architecture: str, hidden_size: int = 128, num_hidden_layers: int = 2,
+                 num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 256,
+                 max_position_embeddings: int = 32768, rope_theta: float = 10000.0,
+                 sliding_window: int | None = 4096, tokenizer_path: str | None = None, seed: int = 0,
+                 append_eos: bool = True, padding_side: str = "right") -> None:
+        if architecture not in self.ARCHITECTURES:
+            raise ValueError(f"backbone.architecture must be one of {self.ARCHITECTURES}, got {architecture!r}")
+        self.name = name
+        self.architecture = architecture
+        self.config_kwargs = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                                  num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                                  intermediate_size=intermediate_size,
+                                  max_position_embeddings=max_position_embeddings,
+                                  rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)})
+        if architecture == "mistral":
+            self.config_kwargs["sliding_window"] = sliding_window
+        self.tokenizer_path = tokenizer_path or str(TINY_TOKENIZER)
+        self.seed = seed
+        self.append_eos = append_eos
+        self.padding_side = padding_side
+        self.lora_target_modules = list(self.LORA_TARGETS)
+
+    def check(self) -> None:
+        if not Path(self.tokenizer_path, "tokenizer.json").is_file():
+            raise BackboneNotFoundError(f"backbone '{self.name}': no tokenizer.json under {self.tokenizer_path}; "
+                                        "rebuild it with `python scripts/build_tiny_tokenizer.py`")
+
+    def load(self) -> LoadedBackbone:
+        self.check()
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        config = AutoConfig.for_model(self.architecture, vocab_size=len(tokenizer),
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id, **self.config_kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = AutoModel.from_config(config, attn_implementation="sdpa")
+        return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
+                              self.lora_target_modules)
+
+
+def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str],
+             gradient_checkpointing: bool = False) -> PeftModel:
+    """Freeze the backbone and add LoRA adapters (fp32) to every module named in target_modules."""
+    if gradient_checkpointing:
+        # non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        bias="none")
+    return get_peft_model(model, config)
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

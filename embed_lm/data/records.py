@@ -1,0 +1,110 @@
+"""The one record every reader produces, the data error type, and line-numbered file reading.
+
+A TrainExample is (query, positive, negatives) plus the task definition and task kind that pick its instruction.
+A malformed line raises DataFormatError naming file:line and the field at fault; with skip_invalid=True the
+reader skips it and the caller logs how many were skipped and why.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    query: str
+    positive: str
+    negatives: tuple[str, ...]
+    task: str
+    task_kind: str
+
+
+class DataFormatError(ValueError):
+    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        what = f" field '{field}'" if field else ""
+        super().__init__(f"{where}:{what} {problem}".replace(": ", ": ", 1))
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+
+
+class SkipCounter:
+    """Counts lines skipped under skip_invalid, by reason, and logs one summary line per file."""
+
+    def __init__(self, skip_invalid: bool) -> None:
+        self.skip_invalid = skip_invalid
+        self.reasons: Counter[str] = Counter()
+
+    def handle(self, error: DataFormatError) -> None:
+        if not self.skip_invalid:
+            raise error
+        self.reasons[f"{error.field or 'line'}: {error.problem}"] += 1
+
+    def report(self, source: str) -> None:
+        if self.reasons:
+            total = sum(self.reasons.values())
+            detail = "; ".join(f"{n} x {r}" for r, n in self.reasons.most_common(5))
+            log.warning("source %s: skipped %d invalid lines (%s)", source, total, detail)
+
+
+def expand_paths(pattern: str | list[str], what: str) -> list[Path]:
+    """Expand globs; raise FileNotFoundError naming the pattern and the option to change when nothing matches."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    paths = sorted({Path(p) for pat in patterns for p in glob.glob(str(Path(pat).expanduser()))})
+    if not paths:
+        raise FileNotFoundError(f"{what}: no file matches {patterns}")
+    return paths
+
+
+def open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def read_jsonl(path: Path, skips: SkipCounter) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; bad JSON goes through `skips`."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                skips.handle(DataFormatError(path, lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"))
+                continue
+            if not isinstance(obj, dict):
+                skips.handle(DataFormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"))
+                continue
+            yield lineno, obj
+
+
+def read_tsv(path: Path, columns: int, skips: SkipCounter, header_startswith: str | None = None
+             ) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, cells) for rows with at least `columns` cells; a header row may be skipped."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line or (lineno == 1 and header_startswith and line.startswith(header_startswith)):
+                continue
+            cells = line.split("\t")
+            if len(cells) < columns:
+                skips.handle(DataFormatError(path, lineno, None,
+                                             f"expected {columns} tab-separated columns, found {len(cells)}"))
+                continue
+            yield lineno, cells
+
+
+def text_field(obj: dict, key: str, path: Path, lineno: int) -> str:
+    value = obj.get(key)
+    if value is None:
+        raise DataFormatError(path, lineno, key, "missing")
+    if not isinstance(value, str) or not value.strip():
+        raise DataFormatError(path, lineno, key, "must be a non-empty string")
+    return value

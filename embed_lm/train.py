@@ -1,0 +1,117 @@
+"""Train a text embedder with the E5-mistral recipe, configured by Hydra (conf/train.yaml).
+
+    python -m embed_lm.train                                   # paper defaults (needs Mistral-7B + your data)
+    python -m embed_lm.train experiment=demo                   # MiniLM on the bundled sample, CPU, minutes
+    python -m embed_lm.train backbone=llama2 pooling=mean lora_rank=r8 instruction_style=task_prefix data=msmarco_only
+    python -m embed_lm.train backbone=tiny_mistral data=sample debug=smoke
+    python -m embed_lm.train ... ckpt_path=<run dir>/checkpoints/last.ckpt      # resume a killed run
+    python -m embed_lm.train --cfg job                          # print the resolved config
+
+Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter + tokenizer + resolved config),
+csv/metrics.csv, wandb/ (offline unless a key is set), and test_metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from embed_lm import conf_resolvers
+from embed_lm.backbone import BackboneNotFoundError, add_lora, count_trainable
+from embed_lm.callbacks import SaveEmbedder
+from embed_lm.collator import TextCollator
+from embed_lm.data.records import DataFormatError
+from embed_lm.encoder import TextEncoder
+from embed_lm.module import ContrastiveEncoderModule
+
+log = logging.getLogger("embed_lm.train")
+conf_resolvers.register()
+warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+USER_ERRORS = (BackboneNotFoundError, DataFormatError, FileNotFoundError)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def format_metrics(before: dict[str, float] | None, after: dict[str, float]) -> str:
+    names = sorted(after)
+    rows = [f"{'metric':<16}" + ("" if before is None else f"{'before':>10}") + f"{'after':>10}"]
+    for name in names:
+        b = "" if before is None else f"{before.get(name, float('nan')):>10.4f}"
+        rows.append(f"{name:<16}{b}{after[name]:>10.4f}")
+    return "\n".join(rows)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from `cfg`, train, test; returns the final test (or last logged) metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    spec = instantiate(cfg.backbone)
+    spec.check()  # seconds: a missing model or file fails before anything heavy happens
+    style = instantiate(cfg.instruction_style)
+    backbone = spec.load()
+    collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos, backbone.padding_side)
+    datamodule = instantiate(cfg.data, collator=collator, instruction_style=style, _recursive_=True)
+    datamodule.check()
+
+    model = add_lora(backbone.model, cfg.lora_rank.r, cfg.lora.alpha, cfg.lora.dropout,
+                     backbone.lora_target_modules, cfg.gradient_checkpointing)
+    log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
+             f"{count_trainable(model):,}")
+    encoder = TextEncoder(model, instantiate(cfg.pooling))
+    module = ContrastiveEncoderModule(encoder, instantiate(cfg.loss), **cfg.optimizer)
+
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    loggers = build_loggers(cfg)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not loggers:  # logger=none: nothing to monitor learning rates into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(SaveEmbedder(output_dir / "embedder", config_yaml, backbone.tokenizer))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    has_test = cfg.data.get("test") is not None
+    before = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
+        has_test and cfg.test_before_training) else None
+    # "last" resumes from the newest checkpoint in this run folder, if any (re-running the same run dir continues it)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path or "last")
+    after = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
+        has_test and cfg.test_after_training) else {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        (output_dir / "test_metrics.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
+        print(f"\nHeld-out retrieval ({cfg.data.name} test split), run folder {output_dir}:\n"
+              f"{format_metrics(before, after)}\n")
+    return after
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        metrics = train(cfg)
+    except USER_ERRORS as e:  # a message the user can act on; no traceback (HYDRA_FULL_ERROR=1 shows one)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("test/ndcg@10")
+
+
+if __name__ == "__main__":
+    main()
