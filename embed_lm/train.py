@@ -91,6 +91,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         has_test and cfg.test_before_training) else None
     # "last" resumes from the newest checkpoint in this run folder, if any (re-running the same run dir continues it)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path or "last")
+    if trainer.checkpoint_callback is not None and not trainer.interrupted:  # last.ckpt = the final state
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     after = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
         has_test and cfg.test_after_training) else {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
