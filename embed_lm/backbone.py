@@ -41,7 +41,7 @@ class LoadedBackbone:
     lora_target_modules: list[str] = field(default_factory=list)
 
 
-def _hub_reachable(endpoint: str, timeout_s: float) -> bool:
+def hub_reachable(endpoint: str, timeout_s: float) -> bool:
     """TCP connect to the hub host in a daemon thread, so neither DNS nor connect can stall us past timeout_s."""
     url = urlparse(endpoint)
     host, port = url.hostname or endpoint, url.port or (80 if url.scheme == "http" else 443)
@@ -81,13 +81,13 @@ def resolve_model_source(name: str, model_name_or_path: str, probe_timeout_s: fl
         raise BackboneNotFoundError(f"backbone '{name}': no model directory at {path.resolve()}. {fix}")
     cached = try_to_load_from_cache(model_name_or_path, "config.json")
     if isinstance(cached, str):
-        return model_name_or_path, bool(constants.HF_HUB_OFFLINE) or not _hub_reachable(constants.ENDPOINT,
+        return model_name_or_path, bool(constants.HF_HUB_OFFLINE) or not hub_reachable(constants.ENDPOINT,
                                                                                          probe_timeout_s)
     tried = [f"local directory {path.resolve()} (absent)",
              f"Hugging Face cache {constants.HF_HUB_CACHE} (no '{model_name_or_path}')"]
     if constants.HF_HUB_OFFLINE:
         tried.append("hub (skipped: HF_HUB_OFFLINE=1)")
-    elif not _hub_reachable(constants.ENDPOINT, probe_timeout_s):
+    elif not hub_reachable(constants.ENDPOINT, probe_timeout_s):
         tried.append(f"hub {constants.ENDPOINT} (unreachable within {probe_timeout_s:g}s)")
     else:
         return model_name_or_path, False

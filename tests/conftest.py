@@ -27,6 +27,17 @@ conf_resolvers.register()
 torch.set_num_threads(2)
 
 
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose conf/<config_name>.yaml as `python -m embed_lm.<entry> <overrides>` would, Hydra runtime set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """Compose conf/train.yaml as `python -m embed_lm.train <overrides>` would, with the Hydra runtime set."""
     GlobalHydra.instance().clear()
@@ -62,3 +73,14 @@ def user_data_dir(tmp_path_factory) -> Path:
                          "triples.tsv": "triples.train.ids.tsv"}.items():
         (root / "msmarco" / theirs).symlink_to(SAMPLE / "train/msmarco" / ours)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished 2-step training run of tiny_mistral on the sample data (run folder with embedder/, checkpoints/)."""
+    from embed_lm.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    train(compose_train(["backbone=tiny_mistral", "data=sample", "debug=smoke", "logger=none",
+                         "trainer.max_steps=2", "test_after_training=false"], run))
+    return run

@@ -1,0 +1,35 @@
+"""Any local dataset in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) as an mteb Retrieval task,
+with the instruction given on the command line:
+
+    python -m embed_lm.evaluate run=<run> eval=beir eval.path=/data/scifact eval.instruction="Given a claim, ..."
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+from embed_lm.data.beir import BeirSplit
+from embed_lm.eval.local_tasks import task_metadata
+
+
+def beir_task(path: str | Path, split: str, instruction: str, name: str | None = None) -> AbsTaskRetrieval:
+    spec = BeirSplit(str(path), split, instruction)
+    spec.check()  # names the missing file now, not deep inside mteb
+    task_name = name or Path(path).expanduser().resolve().name
+
+    class BeirFolderRetrieval(AbsTaskRetrieval):
+        metadata = task_metadata(task_name, "Retrieval", "ndcg_at_10", {"query": instruction},
+                                 f"BEIR-layout folder {path} (split {split})", path=f"local:{path}")
+
+        def load_data(self, **kwargs) -> None:
+            data = spec.load()
+            self.dataset = {"default": {"test": {
+                "queries": Dataset.from_list([{"id": k, "text": v} for k, v in data.queries.items()]),
+                "corpus": Dataset.from_list([{"id": k, "text": v} for k, v in data.corpus.items()]),
+                "relevant_docs": data.qrels, "top_ranked": None}}}
+            self.data_loaded = True
+
+    return BeirFolderRetrieval()

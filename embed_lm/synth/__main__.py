@@ -1,0 +1,84 @@
+"""Write the paper's synthetic training data with an LLM (conf/synth.yaml, conf/generator/*.yaml).
+
+    export OPENAI_API_KEY=...           # read from the environment only; never stored in a config or log
+    python -m embed_lm.synth generator=openai model=gpt-4o-mini n_tasks=100 n_examples=1000 out=data/synth/
+    python -m embed_lm.synth generator=openai model=<served name> generator.base_url=http://localhost:8000/v1
+    python -m embed_lm.synth generator=hf_local model=/models/Mistral-7B-Instruct-v0.3 n_examples=50
+    python -m embed_lm.synth model=gpt-4o-mini dry_run=true        # sample prompts + request count, sends nothing
+    python -m embed_lm.synth.report data/synth/                     # counts, languages, length histograms
+    python -m embed_lm.train data.sources.synthetic.paths='data/synth/*.jsonl'
+
+Run the same command again to resume a stopped or killed run; summary.json holds counts, tokens and cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from embed_lm.synth.generators import GeneratorError
+from embed_lm.synth.pipeline import Plan, SynthError, dry_run, run
+from embed_lm.synth.store import StoreError
+from embed_lm.synth.summary import format_summary
+
+log = logging.getLogger("embed_lm.synth")
+USER_ERRORS = (GeneratorError, SynthError, StoreError, ValueError)
+
+
+def synth(cfg: DictConfig) -> dict | None:
+    plan = Plan(kinds=tuple(cfg.kinds), n_tasks=cfg.n_tasks, n_examples=cfg.n_examples,
+                tasks_per_request=cfg.tasks_per_request, seed=cfg.seed, language=cfg.language)
+    if cfg.dry_run:
+        print(dry_run(cfg.out, plan))
+        return None
+    if OmegaConf.is_missing(cfg, "model"):
+        raise SynthError("name the model: model=<name> (generator=openai: a model the server serves; "
+                         "generator=hf_local: a local folder)")
+    try:
+        generator = instantiate(cfg.generator)
+    except InstantiationException as e:  # show our message (missing key or model path), not Hydra's wrapping
+        if isinstance(e.__cause__, GeneratorError):
+            raise e.__cause__ from None
+        raise
+    log.info("generator %s -> %s", generator.describe(), cfg.out)
+    summary = run(generator, cfg.out, plan, concurrency=cfg.concurrency,
+                  prices_per_1m=(cfg.prices_per_1m.input, cfg.prices_per_1m.output),
+                  max_consecutive_errors=cfg.max_consecutive_errors, progress=cfg.progress,
+                  describe=generator.describe(), config=OmegaConf.to_container(cfg, resolve=True))
+    print(f"\n{format_summary(summary)}\nwrote {cfg.out} (summary.json; report: python -m embed_lm.synth.report "
+          f"{cfg.out})")
+    return summary
+
+
+def leave(code: int) -> None:
+    """Exit now, without waiting for requests still in flight (their answers were never written: the next run
+    sends them again). Output files and summary.json are already closed and complete."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="synth")
+def main(cfg: DictConfig) -> None:
+    for name in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request would bury the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        synth(cfg)
+    except USER_ERRORS as e:  # a message the user can act on; HYDRA_FULL_ERROR=1 shows the traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        leave(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to resume into {cfg.out}", file=sys.stderr)
+        leave(130)
+
+
+if __name__ == "__main__":
+    main()
