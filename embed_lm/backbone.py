@@ -130,6 +130,7 @@ class PretrainedBackbone:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModel.from_pretrained(source, dtype=resolve_dtype(self.dtype), attn_implementation="sdpa",
                                           **kwargs)
+        model.config.use_cache = False  # an embedder never decodes; a KV cache would only cost memory
         log.info("loaded backbone %s from %s (%s)", self.name, source, model.dtype)
         return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
                               self.lora_target_modules)
@@ -181,8 +182,26 @@ class TinyBackbone:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = AutoModel.from_config(config, attn_implementation="sdpa")
+        model.config.use_cache = False
         return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
                               self.lora_target_modules)
+
+
+def build_backbone(name: str, architecture: str, model_name_or_path: str, append_eos: bool,
+                   lora_target_modules: list[str], size: str = "full", tiny: dict | None = None,
+                   padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
+                   trust_remote_code: bool = False) -> PretrainedBackbone | TinyBackbone:
+    """What every `backbone/<name>.yaml` builds. size=full: the pretrained model (hub id or local directory);
+    size=tiny: a random-init model of the same architecture with the dimensions in `tiny` (CPU tests, smoke runs,
+    the CPU profile of the Table 4 sweep: `backbone.size=tiny`)."""
+    if size == "full":
+        return PretrainedBackbone(name, model_name_or_path, append_eos, lora_target_modules, padding_side, dtype,
+                                  probe_timeout_s, trust_remote_code)
+    if size == "tiny":
+        if not tiny:
+            raise ValueError(f"backbone '{name}' has no tiny configuration (backbone.tiny); use size=full")
+        return TinyBackbone(name, architecture, append_eos=append_eos, padding_side=padding_side, **tiny)
+    raise ValueError(f"backbone.size must be 'full' or 'tiny', got {size!r}")
 
 
 def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str],

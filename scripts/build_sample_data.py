@@ -10,7 +10,7 @@ description (the document). The archive section (games, libs, python, ...) rides
 Deterministic for a given apt index and --seed. Layout written (see data/sample/README.md):
     train/synthetic/short_long.jsonl   the paper's synthetic short-long format (user_query, positive_document,
                                        hard_negative_document, task)
-    train/msmarco/{collection,queries,qrels,triples}.tsv   MS-MARCO passage-ranking format (ids in triples)
+    train/msmarco/{collection,queries.train,qrels.train,triples.train.ids}.tsv   MS-MARCO passage ranking (ids)
     dev/, test/                        BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
 """
 
@@ -174,9 +174,9 @@ def main() -> None:
     collection = {pid(p): p["document"] for p in marco + marco_negs}
     root = out / "train" / "msmarco"
     write_tsv(root / "collection.tsv", sorted(collection.items()))
-    write_tsv(root / "queries.tsv", [("q" + pid(p)[1:], p["query"]) for p in marco])
-    write_tsv(root / "qrels.tsv", [("q" + pid(p)[1:], 0, pid(p), 1) for p in marco])
-    write_tsv(root / "triples.tsv", [("q" + pid(p)[1:], pid(p), pid(n)) for p, n in zip(marco, marco_negs)])
+    write_tsv(root / "queries.train.tsv", [("q" + pid(p)[1:], p["query"]) for p in marco])
+    write_tsv(root / "qrels.train.tsv", [("q" + pid(p)[1:], 0, pid(p), 1) for p in marco])
+    write_tsv(root / "triples.train.ids.tsv", [("q" + pid(p)[1:], pid(p), pid(n)) for p, n in zip(marco, marco_negs)])
 
 
 if __name__ == "__main__":

@@ -62,17 +62,10 @@ def tiny_mistral():
 
 
 @pytest.fixture(scope="session")
-def user_data_dir(tmp_path_factory) -> Path:
-    """A data dir laid out as the default configs expect (<data_dir>/synthetic, <data_dir>/msmarco), built from
-    the bundled sample, so data=synthetic_msmarco and data=msmarco_only run as users would run them."""
-    root = tmp_path_factory.mktemp("user_data")
-    (root / "synthetic").mkdir()
-    (root / "msmarco").mkdir()
-    (root / "synthetic" / "short_long.jsonl").symlink_to(SAMPLE / "train/synthetic/short_long.jsonl")
-    for ours, theirs in {"collection.tsv": "collection.tsv", "queries.tsv": "queries.train.tsv",
-                         "triples.tsv": "triples.train.ids.tsv"}.items():
-        (root / "msmarco" / theirs).symlink_to(SAMPLE / "train/msmarco" / ours)
-    return root
+def user_data_dir() -> Path:
+    """The sample's train/ folder is laid out as the default data configs expect (<data_dir>/synthetic,
+    <data_dir>/msmarco), so data=synthetic_msmarco and data=msmarco_only run on it as users would run them."""
+    return SAMPLE / "train"
 
 
 @pytest.fixture(scope="session")

@@ -136,8 +136,8 @@ def test_bundled_sample_loads_in_both_formats_and_beir(compose_cfg):
 
     synth = SyntheticSource("s", str(SAMPLE / "train/synthetic/*.jsonl")).load()
     marco = MsMarcoSource("m", collection=str(SAMPLE / "train/msmarco/collection.tsv"),
-                          queries=str(SAMPLE / "train/msmarco/queries.tsv"),
-                          triples=str(SAMPLE / "train/msmarco/triples.tsv")).load()
+                          queries=str(SAMPLE / "train/msmarco/queries.train.tsv"),
+                          triples=str(SAMPLE / "train/msmarco/triples.train.ids.tsv")).load()
     assert len(synth) == 4000 and len(marco) == 2000
     assert all(len(e.negatives) == 1 and e.negatives[0] != e.positive for e in synth + marco)
     test = BeirSplit(str(SAMPLE / "test"), "test", "task").load()
