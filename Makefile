@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install demo test train-tiny clean
+.PHONY: help install demo test train-tiny passkey clean
+PASSKEY_VARIANTS := window4k_base1e4,window32k_base1e4,window32k_base1e5,window32k_base1e6
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,6 +27,9 @@ test: install ## run the test suite (CPU, offline)
 
 train-tiny: install ## a few steps on the tiny random-init Mistral (smoke run)
 	$(BIN)/python -m embed_lm.train backbone=tiny_mistral data=sample debug=smoke
+
+passkey: install ## passkey retrieval (paper Fig. 5): the 4 variants as one multirun + one plot; ARGS="run=<run dir>"
+	$(BIN)/python -m embed_lm.passkey -m passkey_variant=$(PASSKEY_VARIANTS) $(ARGS)
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf outputs .pytest_cache
