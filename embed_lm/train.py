@@ -23,11 +23,13 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm import conf_resolvers
+from embed_lm import conf_resolvers, run_record
 from embed_lm.backbone import BackboneNotFoundError, add_lora, count_trainable
 from embed_lm.callbacks import SaveEmbedder
 from embed_lm.collator import TextCollator
@@ -55,11 +57,38 @@ def format_metrics(before: dict[str, float] | None, after: dict[str, float]) -> 
     return "\n".join(rows)
 
 
+def evaluate_after_training(cfg: DictConfig, output_dir: Path, loggers: list) -> dict | None:
+    """Run the `eval` group's suite on the run just written (python -m embed_lm.evaluate), log the scores to the
+    run's own loggers, return the scores report."""
+    if cfg.get("eval") is None:
+        return None
+    from embed_lm.evaluate import evaluate
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    eval_cfg = OmegaConf.create(resolved["evaluation"] | {"run": str(output_dir), "output_dir": None,
+                                                          "eval": resolved["eval"], "paths": resolved["paths"]})
+    report = evaluate(eval_cfg)
+    suite = cfg.eval.suite
+    scores = {f"eval/{suite}/{c}": v for c, v in report["categories"].items() if v is not None}
+    scores |= {f"eval/{suite}/avg": report["avg"]} | {f"eval/{suite}/{t['task']}": t["score"] for t in report["tasks"]}
+    for lg in loggers:
+        lg.log_metrics(scores)
+        if isinstance(lg, WandbLogger):
+            lg.log_table(f"eval/{suite}/tasks", columns=["task", "category", "main_score", "score"],
+                         data=[[t["task"], t["category"], t["main_score"], t["score"]] for t in report["tasks"]])
+        lg.save()
+    return report
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build everything from `cfg`, train, test; returns the final test (or last logged) metrics."""
-    L.seed_everything(cfg.seed, workers=True)
+    """Build everything from `cfg`, train, test, evaluate; returns the final test (or last logged) metrics.
+    A folder that already holds a finished run of the same config is not trained again (done.json)."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if (record := run_record.finished(output_dir, cfg)) is not None:
+        log.info("%s already holds a finished run of this config (done.json): skipped", output_dir)
+        return record["metrics"]
+    L.seed_everything(cfg.seed, workers=True)
 
     spec = instantiate(cfg.backbone)
     spec.check()  # seconds: a missing model or file fails before anything heavy happens
@@ -86,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    has_test = cfg.data.get("test") is not None
+    has_test = cfg.data.get("test") is not None and (cfg.test_before_training or cfg.test_after_training)
     before = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
         has_test and cfg.test_before_training) else None
     # "last" resumes from the newest checkpoint in this run folder, if any (re-running the same run dir continues it)
@@ -95,22 +124,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     after = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
         has_test and cfg.test_after_training) else {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.is_global_zero:
+    if not trainer.is_global_zero:
+        return after
+    if has_test:
         (output_dir / "test_metrics.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
         print(f"\nHeld-out retrieval ({cfg.data.name} test split), run folder {output_dir}:\n"
               f"{format_metrics(before, after)}\n")
+    report = evaluate_after_training(cfg, output_dir, loggers)
+    run_record.mark_done(output_dir, cfg, after, None if report is None else
+                         {k: report[k] for k in ("suite", "categories", "avg", "n_tasks", "missing_tasks")})
     return after
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
-    except USER_ERRORS as e:  # a message the user can act on; no traceback (HYDRA_FULL_ERROR=1 shows one)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        if multirun:  # one failed job must not stop the sweep: record it, let the others run, the report lists it
+            log.exception("job failed: %s", e)
+            Path(cfg.paths.output_dir, "failed.txt").write_text(f"{type(e).__name__}: {e}\n")
+            return None
+        if not isinstance(e, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # a message the user can act on; no traceback
         sys.exit(2)
     return metrics.get("test/ndcg@10")
 

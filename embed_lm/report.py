@@ -1,0 +1,182 @@
+"""Reports built from finished runs. Table 4 (the paper's hyperparameter study) from a sweep folder:
+
+    python -m embed_lm.report table4 sweeps/table4/cpu          # after: make sweep-table4 PROFILE=cpu
+
+Reads every row folder's .hydra/hydra.yaml (which ablation row it is), done.json (finished?) and
+eval/<suite>/scores.json, and writes next to them: table4.md and table4.csv (the paper's row order and columns,
+our numbers, delta vs the default row, the paper's numbers labelled as the paper's), table4_deltas.png, and a W&B
+run (group table4) whose table links every row's W&B run. Rows whose run failed or is missing are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from embed_lm.eval.scores import COLUMNS
+
+ROWS = [  # (ablation row, the paper's label, the paper's Table 4 numbers: 7 categories + Avg)
+    ("default", "E5-mistral-7b (default)", [78.3, 49.9, 87.1, 59.5, 52.2, 81.2, 32.7, 64.5]),
+    ("llama2", "w/ LLaMA-2 7b init.", [76.2, 48.1, 85.1, 58.9, 49.6, 81.2, 30.8, 62.9]),
+    ("msmarco_only", "w/ msmarco data only", [71.6, 47.1, 86.1, 58.8, 54.4, 79.5, 31.7, 62.7]),
+    ("mean_pool", "pooling: w/ mean pool", [77.0, 48.9, 86.1, 59.2, 52.4, 81.4, 30.8, 64.1]),
+    ("weighted_mean_pool", "pooling: w/ weighted mean", [77.0, 49.0, 86.1, 59.2, 52.0, 81.4, 30.2, 64.0]),
+    ("lora_r8", "LoRA rank: w/ r=8", [78.4, 50.3, 87.1, 59.3, 53.0, 81.0, 31.7, 64.8]),
+    ("lora_r32", "LoRA rank: w/ r=32", [78.4, 50.3, 87.4, 59.5, 52.2, 81.2, 30.6, 64.6]),
+    ("no_instruction", "instruction: w/o instruction", [72.3, 47.1, 82.6, 56.3, 48.2, 76.7, 30.7, 60.3]),
+    ("task_prefix", "instruction: w/ task type prefix", [71.1, 46.5, 79.7, 54.0, 52.7, 73.8, 30.0, 60.3]),
+]
+FIELDS = COLUMNS + ["Avg"]
+
+
+def find_rows(sweep: Path) -> dict[str, dict]:
+    """ablation row -> {dir, status, scores (or None), wandb id}; the newest folder wins if a row ran twice."""
+    found: dict[str, dict] = {}
+    for hydra_yaml in sorted(sweep.glob("*/.hydra/hydra.yaml"), key=lambda p: p.stat().st_mtime):
+        run_dir = hydra_yaml.parent.parent
+        choices = yaml.safe_load(hydra_yaml.read_text())["hydra"]["runtime"]["choices"]
+        row = choices.get("ablation")
+        if row is None:
+            continue
+        scores = sorted(run_dir.glob("eval/*/scores.json"))
+        if (run_dir / "done.json").is_file() and scores:
+            status = "finished"
+        elif (run_dir / "failed.txt").is_file():
+            status = "failed: " + (run_dir / "failed.txt").read_text().strip()[:80]
+        else:
+            status = "unfinished"
+        wandb_runs = sorted(run_dir.glob("wandb/*run-*"))
+        found[row] = {"dir": run_dir, "status": status, "wandb": wandb_runs[-1].name.rsplit("-", 1)[-1]
+                      if wandb_runs else None,
+                      "scores": json.loads(scores[-1].read_text()) if status == "finished" else None}
+    return found
+
+
+def row_values(scores: dict | None) -> list[float | None]:
+    if scores is None:
+        return [None] * len(FIELDS)
+    return [scores["categories"].get(c) for c in COLUMNS] + [scores["avg"]]
+
+
+def fmt(x: float | None, signed: bool = False) -> str:
+    return "n/a" if x is None else (f"{x:+.1f}" if signed else f"{x:.1f}")
+
+
+def build_table(sweep: Path) -> list[dict]:
+    found = find_rows(sweep)
+    base = row_values(found.get("default", {}).get("scores"))
+    table = []
+    for row, label, paper in ROWS:
+        info = found.get(row, {"status": "missing", "dir": None, "scores": None, "wandb": None})
+        ours = row_values(info["scores"])
+        delta = [None if a is None or b is None else a - b for a, b in zip(ours, base)]
+        paper_delta = [p - d for p, d in zip(paper, ROWS[0][2])]
+        table.append({"row": row, "label": label, "status": info["status"], "ours": ours, "delta": delta,
+                      "paper": paper, "paper_delta": paper_delta, "dir": info["dir"], "wandb": info["wandb"],
+                      "suite": (info["scores"] or {}).get("suite")})
+    return table
+
+
+def write_markdown(table: list[dict], path: Path, command: str) -> None:
+    head = "| row | status | " + " | ".join(FIELDS) + " | Δ Avg | paper Avg | paper Δ Avg |"
+    lines = [f"# Table 4 (ours) vs the paper's Table 4", "", f"Reproduce: `{command}`", "",
+             f"Ours: suite `{next((r['suite'] for r in table if r['suite']), 'n/a')}`, scores x100, category = mean "
+             "over its tasks, Avg = mean over all tasks. Paper: the E5-mistral paper's Table 4 (MTEB, 56 datasets), "
+             "shown for reference; our numbers come from the runs in this folder.", "",
+             head, "|" + "---|" * (len(FIELDS) + 5)]
+    for r in table:
+        lines.append(f"| {r['label']} | {r['status']} | " + " | ".join(fmt(x) for x in r["ours"])
+                     + f" | {fmt(r['delta'][-1], True)} | {fmt(r['paper'][-1])} | {fmt(r['paper_delta'][-1], True)} |")
+    lines += ["", "Paper's Table 4 (for reference):", "", "| row | " + " | ".join(FIELDS) + " |",
+              "|" + "---|" * (len(FIELDS) + 1)]
+    lines += [f"| {r['label']} | " + " | ".join(fmt(x) for x in r["paper"]) + " |" for r in table]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(table: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "label", "status"] + [f"ours {c}" for c in FIELDS] + [f"delta {c}" for c in FIELDS]
+                   + [f"paper {c}" for c in FIELDS] + [f"paper delta {c}" for c in FIELDS] + ["run_dir", "wandb"])
+        for r in table:
+            w.writerow([r["row"], r["label"], r["status"]] + [fmt(x) for x in r["ours"]]
+                       + [fmt(x, True) for x in r["delta"]] + [fmt(x) for x in r["paper"]]
+                       + [fmt(x, True) for x in r["paper_delta"]] + [r["dir"] or "", r["wandb"] or ""])
+
+
+def plot_deltas(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table[1:]
+    ys = range(len(rows))
+    ours = [r["delta"][-1] if r["delta"][-1] is not None else 0.0 for r in rows]
+    paper = [r["paper_delta"][-1] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.barh([y + 0.2 for y in ys], ours, height=0.4, label="ours (Δ Avg vs default)", color="tab:blue")
+    ax.barh([y - 0.2 for y in ys], paper, height=0.4, label="paper's Table 4 (Δ Avg)", color="tab:gray")
+    for y, r in zip(ys, rows):
+        if r["delta"][-1] is None:
+            ax.text(0, y + 0.2, f"  {r['status']}", va="center", fontsize=8, color="tab:red")
+    ax.set_yticks(list(ys), [r["label"] for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("Δ average score vs the default row (points)")
+    ax.set_title("Table 4 ablations: change in average score")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def log_wandb(table: list[dict], sweep: Path, png: Path) -> None:
+    import wandb
+
+    from embed_lm.conf_resolvers import wandb_offline
+
+    run = wandb.init(project="embed_lm", group=f"table4-{sweep.name}", name=f"table4-report-{sweep.name}",
+                     job_type="report", dir=str(sweep), mode="offline" if wandb_offline() else "online",
+                     reinit="finish_previous")
+    columns = ["row", "status", "wandb_run"] + FIELDS + [f"Δ {c}" for c in FIELDS] + [f"paper {c}" for c in FIELDS]
+    data = [[r["label"], r["status"], r["wandb"] or ""] + r["ours"] + r["delta"] + r["paper"] for r in table]
+    run.log({"table4": wandb.Table(columns=columns, data=data), "table4_deltas": wandb.Image(str(png))})
+    run.finish()
+
+
+def table4(sweep: Path, use_wandb: bool = True) -> list[dict]:
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"no sweep folder at {sweep}; run `make sweep-table4` first (or pass its folder)")
+    table = build_table(sweep)
+    command = f"python -m embed_lm.report table4 {sweep}"
+    write_markdown(table, sweep / "table4.md", command)
+    write_csv(table, sweep / "table4.csv")
+    plot_deltas(table, sweep / "table4_deltas.png")
+    if use_wandb:
+        log_wandb(table, sweep, sweep / "table4_deltas.png")
+    print((sweep / "table4.md").read_text())
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="report", required=True)
+    t4 = sub.add_parser("table4", help="Table 4 from a sweep folder")
+    t4.add_argument("sweep", type=Path)
+    t4.add_argument("--no-wandb", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        table4(args.sweep, use_wandb=not args.no_wandb)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
