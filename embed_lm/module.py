@@ -21,17 +21,23 @@ import torch
 from torch import Tensor
 
 from embed_lm.collator import TokenizedBatch
+from embed_lm.distributed import average_gradients
 from embed_lm.encoder import TextEncoder
+from embed_lm.losses.cached_infonce import CachedInfoNCELoss
 from embed_lm.retrieval_metrics import retrieval_metrics
 
 
 class ContrastiveEncoderModule(L.LightningModule):
     def __init__(self, encoder: TextEncoder, loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],
                  lr: float = 1e-4, weight_decay: float = 0.1, warmup_steps: int = 100,
-                 betas: tuple[float, float] = (0.9, 0.999), recall_k: int = 100) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), grad_clip: float | None = 1.0,
+                 recall_k: int = 100) -> None:
         super().__init__()
         self.encoder, self.loss_fn = encoder, loss_fn
         self.lr, self.weight_decay, self.warmup_steps, self.betas = lr, weight_decay, warmup_steps, tuple(betas)
+        self.grad_clip = grad_clip
+        self.cached = isinstance(loss_fn, CachedInfoNCELoss)
+        self.automatic_optimization = not self.cached  # the cached loss runs its own backward passes
         self.recall_k = recall_k
         self.strict_loading = False  # checkpoints carry only the trainable weights
         self._eval_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
@@ -40,6 +46,8 @@ class ContrastiveEncoderModule(L.LightningModule):
         self.encoder.train()  # from_pretrained returns eval mode; training turns the backbone's dropout on
 
     def training_step(self, batch: dict[str, TokenizedBatch], batch_idx: int) -> Tensor:
+        if self.cached:
+            return self._cached_training_step(batch)
         q = self.encoder(batch["queries"])  # (B, D)
         d = self.encoder(batch["documents"])  # (M, D)
         B = q.size(0)
@@ -50,6 +58,23 @@ class ContrastiveEncoderModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("train/in_batch_acc", acc, batch_size=B)
         return loss
+
+    def _cached_training_step(self, batch: dict[str, TokenizedBatch]) -> Tensor:
+        """GradCache step (embed_lm/losses/cached_infonce.py) under manual optimisation."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn.backward_step(self.encoder, batch["queries"], batch["documents"])
+        average_gradients(p for p in self.parameters() if p.requires_grad)  # what DDP's reducer would do
+        self.configure_gradient_clipping(optimizer)
+        optimizer.step()
+        scheduler.step()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes."""
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     # --- evaluation: dataloader 0 = queries, 1 = corpus of one RetrievalSplit -------------------------------
     def _eval_step(self, batch: tuple[Tensor, TokenizedBatch], dataloader_idx: int) -> None:

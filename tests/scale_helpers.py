@@ -1,0 +1,72 @@
+"""Shared by the scale tests: a tiny LoRA encoder and a fixed training batch, identical in every process."""
+
+import json
+
+import torch
+
+from conftest import SAMPLE
+from embed_lm.backbone import TinyBackbone, add_lora
+from embed_lm.collator import TextCollator
+from embed_lm.data.datamodule import PairCollator
+from embed_lm.data.records import TrainExample
+from embed_lm.encoder import TextEncoder
+from embed_lm.instructions import NaturalInstruction
+from embed_lm.pooling import Pooling
+
+
+def tiny_encoder(dropout: float = 0.0, checkpointing: bool = False, seed: int = 0) -> TextEncoder:
+    backbone = TinyBackbone("tiny_mistral", "mistral").load()
+    torch.manual_seed(seed)
+    model = add_lora(backbone.model, 8, 16, dropout, backbone.lora_target_modules, checkpointing)
+    for name, p in model.named_parameters():  # LoRA B starts at zero: give it values so every path carries gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return TextEncoder(model, Pooling("last_token")).train()
+
+
+def examples(n: int) -> list[TrainExample]:
+    rows = [json.loads(line) for line in (SAMPLE / "train/synthetic/short_long.jsonl").open()][:n]
+    return [TrainExample(r["user_query"], r["positive_document"], (r["hard_negative_document"],), r["task"],
+                         "short-long") for r in rows]
+
+
+def batch(exs: list[TrainExample], max_length: int = 24):
+    tok = TinyBackbone("tiny_mistral", "mistral").load().tokenizer
+    return PairCollator(TextCollator(tok, max_length, True), NaturalInstruction())(exs)
+
+
+def lora_grads(encoder: TextEncoder) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
+
+
+def distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str, per_rank: int) -> None:
+    """One rank of the 2-process gloo test: plain gathered loss (local and global), and the cached loss with
+    gathering, each followed by the gradient averaging DDP does; rank 0 saves losses and gradients."""
+    import torch.distributed as dist
+
+    from embed_lm.distributed import average_gradients
+    from embed_lm.losses.cached_infonce import CachedInfoNCELoss
+    from embed_lm.losses.infonce import InfoNCELoss
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    data = batch(examples(world_size * per_rank)[rank * per_rank:(rank + 1) * per_rank])
+    results = {}
+    for mode in ("local", "global", "cached"):
+        encoder = tiny_encoder()
+        if mode == "cached":
+            loss = CachedInfoNCELoss(0.02, mini_batch_size=2, gather_across_devices=True).backward_step(
+                encoder, data["queries"], data["documents"])
+        else:
+            q, d = encoder(data["queries"]), encoder(data["documents"])
+            loss = InfoNCELoss(0.02, gather_across_devices=True, local_loss=mode == "local")(q, d[:per_rank],
+                                                                                             d[per_rank:])
+            loss.backward()
+        average_gradients(p for p in encoder.parameters() if p.requires_grad)
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        results[mode] = {"loss": mean_loss.item() / world_size, "grads": lora_grads(encoder)}
+    if rank == 0:
+        torch.save(results, f"{out_dir}/results.pt")
+    dist.barrier()
+    dist.destroy_process_group()
