@@ -36,12 +36,13 @@ from embed_lm.collator import TextCollator
 from embed_lm.data.records import DataFormatError
 from embed_lm.encoder import TextEncoder
 from embed_lm.module import ContrastiveEncoderModule
+from embed_lm.strategies import IncompatibleSetupError, check_setup
 
 log = logging.getLogger("embed_lm.train")
 conf_resolvers.register()
 warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-USER_ERRORS = (BackboneNotFoundError, DataFormatError, FileNotFoundError)
+USER_ERRORS = (BackboneNotFoundError, DataFormatError, FileNotFoundError, IncompatibleSetupError)
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -92,6 +93,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     spec = instantiate(cfg.backbone)
     spec.check()  # seconds: a missing model or file fails before anything heavy happens
+    loss_fn = instantiate(cfg.loss)
+    check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
+                cfg.trainer.get("accumulate_grad_batches", 1))
     style = instantiate(cfg.instruction_style)
     backbone = spec.load()
     collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos, backbone.padding_side)
@@ -103,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
              f"{count_trainable(model):,}")
     encoder = TextEncoder(model, instantiate(cfg.pooling))
-    module = ContrastiveEncoderModule(encoder, instantiate(cfg.loss), **cfg.optimizer)
+    module = ContrastiveEncoderModule(encoder, loss_fn, **cfg.optimizer)
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     loggers = build_loggers(cfg)
