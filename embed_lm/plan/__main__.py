@@ -1,0 +1,56 @@
+"""Plan a training run: estimated peak memory per GPU and step time for a config, and the largest cached-loss
+chunk that fits a GPU. Takes the same overrides as training (conf/plan.yaml adds the GPU's figures).
+
+    python -m embed_lm.plan backbone=mistral trainer.devices=8 data.batch_size=256 loss=cached_infonce \
+        loss.mini_batch_size=32 plan.gpu_memory_gb=80
+    python -m embed_lm.plan backbone=llama2 trainer.devices=32 data.batch_size=64 gradient_checkpointing=false
+
+The memory and FLOP model is in embed_lm/plan/estimate.py; its activation coefficients are measured
+(embed_lm/plan/activations.py) and re-checked against a fresh measurement in tests/test_plan.py.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from embed_lm import conf_resolvers
+from embed_lm.plan.estimate import largest_chunk, plan_step
+from embed_lm.plan.shapes import shape_of
+
+conf_resolvers.register()
+
+
+def plan(cfg: DictConfig) -> dict:
+    shape = shape_of(cfg.backbone)
+    devices = int(cfg.trainer.devices if str(cfg.trainer.devices).isdigit() else cfg.plan.devices_if_auto)
+    devices *= int(cfg.trainer.get("num_nodes", 1) or 1)
+    local, negatives, seq = int(cfg.data.batch_size), int(cfg.data.negatives_per_query), int(cfg.data.max_length)
+    chunk = cfg.loss.get("mini_batch_size")
+    bytes_per_value = 2 if "16" in str(cfg.plan.precision) else 4
+    p = plan_step(shape, cfg.lora_rank.r, local, negatives, seq, devices, chunk, cfg.gradient_checkpointing,
+                  bytes_per_value, cfg.plan.peak_tflops, cfg.plan.mfu)
+    fits = largest_chunk(shape, cfg.lora_rank.r, local, negatives, seq, devices, cfg.gradient_checkpointing,
+                         cfg.plan.gpu_memory_gb, bytes_per_value=bytes_per_value)
+    print(f"model: {shape.layers} layers, hidden {shape.hidden}, FFN {shape.ffn}, {shape.params() / 1e9:.2f}B params"
+          f", LoRA r{cfg.lora_rank.r}: {shape.lora_params(cfg.lora_rank.r):,} trainable")
+    print(f"batch: {local} queries x {devices} devices = {local * devices} global, {2 + negatives} sequences each, "
+          f"{seq} tokens; loss={'cached, chunk ' + str(chunk) if chunk else 'plain'}; "
+          f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
+    print(f"memory per GPU: weights {p.weights_gb:.1f} GB + LoRA/optimizer {p.lora_gb:.2f} GB + activations "
+          f"{p.activations_gb:.1f} GB = {p.total_gb:.1f} GB of {cfg.plan.gpu_memory_gb} GB"
+          f"{'' if p.total_gb <= cfg.plan.gpu_memory_gb else '  -> DOES NOT FIT'}")
+    print(f"step: {p.step_flops / 1e15:.1f} PFLOP per GPU, about {p.step_seconds:.1f} s at {cfg.plan.mfu:.0%} of "
+          f"{cfg.plan.peak_tflops} TFLOP/s ({p.tokens_per_second:,.0f} tokens/s per GPU)")
+    print(f"largest cached-loss chunk that fits {cfg.plan.gpu_memory_gb} GB (90%): "
+          f"{'none: the weights alone do not fit' if fits == 0 else f'loss=cached_infonce loss.mini_batch_size={fits}'}")
+    return {"plan": p, "largest_chunk": fits, "shape": shape}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="plan")
+def main(cfg: DictConfig) -> None:
+    plan(cfg)
+
+
+if __name__ == "__main__":
+    main()
