@@ -82,9 +82,19 @@ def build_table(sweep: Path) -> list[dict]:
     return table
 
 
-def write_markdown(table: list[dict], path: Path, command: str) -> None:
+def sweep_command(sweep: Path) -> str:
+    """The multirun command that produced the sweep, from its multirun.yaml."""
+    path = sweep / "multirun.yaml"
+    if not path.is_file():
+        return "(no multirun.yaml: rows were run separately)"
+    overrides = yaml.safe_load(path.read_text())["hydra"]["overrides"]
+    task = " ".join(f"'{o}'" if "(" in o else o for o in overrides.get("task", []))
+    return f"python -m embed_lm.train -m {task} hydra.sweep.dir={sweep}"
+
+
+def write_markdown(table: list[dict], path: Path, command: str, runs: str) -> None:
     head = "| row | status | " + " | ".join(FIELDS) + " | Δ Avg | paper Avg | paper Δ Avg |"
-    lines = [f"# Table 4 (ours) vs the paper's Table 4", "", f"Reproduce: `{command}`", "",
+    lines = ["# Table 4 (ours) vs the paper's Table 4", "", f"Runs: `{runs}`", "", f"Report: `{command}`", "",
              f"Ours: suite `{next((r['suite'] for r in table if r['suite']), 'n/a')}`, scores x100, category = mean "
              "over its tasks, Avg = mean over all tasks. Paper: the E5-mistral paper's Table 4 (MTEB, 56 datasets), "
              "shown for reference; our numbers come from the runs in this folder.", "",
@@ -130,7 +140,7 @@ def plot_deltas(table: list[dict], path: Path) -> None:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("Δ average score vs the default row (points)")
     ax.set_title("Table 4 ablations: change in average score")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -155,7 +165,7 @@ def table4(sweep: Path, use_wandb: bool = True) -> list[dict]:
         raise FileNotFoundError(f"no sweep folder at {sweep}; run `make sweep-table4` first (or pass its folder)")
     table = build_table(sweep)
     command = f"python -m embed_lm.report table4 {sweep}"
-    write_markdown(table, sweep / "table4.md", command)
+    write_markdown(table, sweep / "table4.md", command, sweep_command(sweep))
     write_csv(table, sweep / "table4.csv")
     plot_deltas(table, sweep / "table4_deltas.png")
     if use_wandb:
