@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install demo test train-tiny passkey sweep-table4 table4-report clean
+.PHONY: help install demo test train-tiny passkey sweep-table4 table4-report bench clean
 PROFILE ?= paper
 SWEEP_DIR ?= sweeps/table4/$(PROFILE)
 PASSKEY_VARIANTS := window4k_base1e4,window32k_base1e4,window32k_base1e5,window32k_base1e6
@@ -39,6 +39,11 @@ sweep-table4: install ## the paper's Table 4 as one multirun + report; PROFILE=p
 
 table4-report: install ## rebuild table4.md/.csv/.png from the finished rows in SWEEP_DIR (PROFILE=... picks it)
 	$(BIN)/python -m embed_lm.report table4 $(SWEEP_DIR)
+
+bench: install ## benchmarks (print figures, assert nothing): encode vs sentence-transformers, training throughput
+	$(BIN)/python benchmarks/encode_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/passkey_throughput.py
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf outputs .pytest_cache

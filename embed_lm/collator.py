@@ -4,6 +4,8 @@ Decoder recipe (append_eos=True): tokenize `prefix + text` with the tokenizer's 
 drop an EOS the tokenizer may have added, then append the EOS id explicitly (no tokenizer flag is trusted: recent
 transformers releases ignore `add_eos_token` for Mistral). The EOS therefore survives truncation.
 Encoder recipe (append_eos=False): the tokenizer's own special tokens ([CLS] ... [SEP]) and truncation.
+`collator(prefixes, texts)` = `collator.pad(collator.tokenize(prefixes, texts))`; the Embedder calls the two steps
+apart, so it tokenizes each text once and batches by exact token counts.
 
 Masks, all (B, L) int64:
     attention_mask     1 on real tokens, 0 on padding
@@ -57,11 +59,15 @@ class TextCollator:
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     def __call__(self, prefixes: list[str], texts: list[str]) -> TokenizedBatch:
+        return self.pad(self.tokenize(prefixes, texts))
+
+    def tokenize(self, prefixes: list[str], texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(token ids, instruction flags) per text, truncated and with the EOS rule applied; not padded."""
         full = [p + t for p, t in zip(prefixes, texts)]
         limit = self.max_length - 1 if self.append_eos else self.max_length
         enc = self.tokenizer(full, add_special_tokens=True, truncation=True, max_length=limit,
                              return_offsets_mapping=True, return_special_tokens_mask=True)
-        rows, instr = [], []
+        rows = []
         for i, prefix in enumerate(prefixes):
             ids, special, offsets = enc["input_ids"][i], enc["special_tokens_mask"][i], enc["offset_mapping"][i]
             end = len(prefix.rstrip())  # the trailing space of "Query: " belongs to the next token
@@ -70,21 +76,21 @@ class TextCollator:
                 if ids and ids[-1] == self.tokenizer.eos_token_id and special[-1]:
                     ids, flags = ids[:-1], flags[:-1]
                 ids, flags = ids + [self.tokenizer.eos_token_id], flags + [0]
-            rows.append(ids)
-            instr.append(flags)
-        return self._pad(rows, instr)
+            rows.append((ids, flags))
+        return rows
 
-    def _pad(self, rows: list[list[int]], instr: list[list[int]]) -> TokenizedBatch:
-        L = max(len(r) for r in rows)
+    def pad(self, rows: list[tuple[list[int], list[int]]]) -> TokenizedBatch:
+        """Pad (token ids, instruction flags) rows to the longest one (rounded up to pad_to_multiple_of)."""
+        L = max(len(ids) for ids, _ in rows)
         if self.pad_to_multiple_of:
             L = -(-L // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        B = len(rows)
-        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)  # (B, L)
-        attention = torch.zeros((B, L), dtype=torch.long)  # (B, L)
-        instruction = torch.zeros((B, L), dtype=torch.long)  # (B, L)
-        for i, (ids, flags) in enumerate(zip(rows, instr)):
-            span = slice(L - len(ids), L) if self.padding_side == "left" else slice(0, len(ids))
-            input_ids[i, span] = torch.tensor(ids)
-            attention[i, span] = 1
-            instruction[i, span] = torch.tensor(flags)
+        left = self.padding_side == "left"
+
+        def fill(seq: list[int], value: int) -> list[int]:
+            gap = [value] * (L - len(seq))
+            return gap + seq if left else seq + gap
+
+        input_ids = torch.tensor([fill(ids, self.pad_id) for ids, _ in rows], dtype=torch.long)  # (B, L)
+        attention = torch.tensor([fill([1] * len(ids), 0) for ids, _ in rows], dtype=torch.long)  # (B, L)
+        instruction = torch.tensor([fill(flags, 0) for _, flags in rows], dtype=torch.long)  # (B, L)
         return TokenizedBatch(input_ids, attention, instruction)

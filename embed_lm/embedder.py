@@ -4,9 +4,11 @@ style. Used by evaluation, encoding, export and the passkey study.
     emb = embedder.encode_queries(["how do cats purr"], task="Given a question, retrieve ...")   # (N, D)
     emb = embedder.encode_documents(passages, max_tokens=65536)                                # token budget
 
-Batches are formed over texts sorted by length (longest first), so padding is minimal; with `max_tokens` a batch
-holds as many texts as fit the budget at its longest text's token count (long documents one or a few at a time).
-Runs under torch.inference_mode(); returns float32 L2-normalised embeddings on the CPU in input order.
+Texts are taken longest first (by characters) in windows of ~window_chars characters; each window is tokenized
+once and sorted by exact token count, so a batch of similar lengths wastes almost no padding (sorting by characters
+alone padded the sample data by ~35%). With `max_tokens` a batch holds as many texts as fit the budget at its
+longest text's token count (long documents one or a few at a time). Runs under torch.inference_mode(); returns
+float32 L2-normalised embeddings on the CPU in input order.
 """
 
 from __future__ import annotations
@@ -23,38 +25,57 @@ from embed_lm.instructions import InstructionStyle
 
 class Embedder:
     def __init__(self, encoder: TextEncoder, collator: TextCollator, style: InstructionStyle,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 window_chars: int = 4_000_000) -> None:
         self.encoder = encoder.eval().to(device)
         self.collator, self.style, self.device = collator, style, torch.device(device)
         self.dtype = dtype  # autocast dtype for inference (e.g. torch.bfloat16 on GPUs); None = model dtype
+        self.window_chars = window_chars  # texts tokenized at a time (~1M tokens of ids held in memory)
 
     @property
     def tokenizer(self):
         return self.collator.tokenizer
 
-    def batches(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None
-                ) -> Iterator[list[int]]:
-        """Index lists over texts, longest first; sized by batch_size, or by a token budget when max_tokens is set."""
+    def windows(self, texts: Sequence[str]) -> Iterator[list[int]]:
+        """Index lists over texts, longest (in characters) first, each holding up to window_chars characters."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        window: list[int] = []
+        chars = 0
+        for i in order:
+            if window and chars + len(texts[i]) > self.window_chars:
+                yield window
+                window, chars = [], 0
+            window.append(i)
+            chars += len(texts[i])
+        if window:
+            yield window
+
+    @staticmethod
+    def batches(lengths: Sequence[int], batch_size: int = 64, max_tokens: int | None = None) -> Iterator[slice]:
+        """Slices over token counts sorted longest first: batch_size rows, or, with max_tokens, as many rows as fit
+        the budget at the batch's first (longest) row."""
         start = 0
-        while start < len(order):
-            size = batch_size
-            if max_tokens is not None:
-                longest = len(self.tokenizer(texts[order[start]], truncation=True,
-                                             max_length=self.collator.max_length)["input_ids"]) + 1
-                size = max(1, max_tokens // longest)
-            yield order[start:start + size]
+        while start < len(lengths):
+            size = batch_size if max_tokens is None else max(1, max_tokens // lengths[start])
+            yield slice(start, start + size)
             start += size
 
     @torch.inference_mode()
     def iter_encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,
                     max_tokens: int | None = None) -> Iterator[tuple[list[int], Tensor]]:
-        """Yield (indices, embeddings (b, D)) batch by batch, for streaming large inputs to disk."""
-        for idx in self.batches(texts, batch_size, max_tokens):
-            batch = self.collator([prefix] * len(idx), [texts[i] for i in idx]).to(self.device)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                emb = self.encoder(batch)  # (b, D)
-            yield idx, emb.float().cpu()
+        """Yield (indices, embeddings (b, D)) batch by batch, for streaming large inputs to disk.
+
+        Each window of texts is tokenized once, sorted by exact token count (so a batch pads to within a token or
+        two of its rows) and cut into batches; the windows bound the memory the token ids take."""
+        for window in self.windows(texts):
+            rows = self.collator.tokenize([prefix] * len(window), [texts[i] for i in window])
+            rank = sorted(range(len(rows)), key=lambda j: -len(rows[j][0]))
+            for part in self.batches([len(rows[j][0]) for j in rank], batch_size, max_tokens):
+                picked = rank[part]
+                batch = self.collator.pad([rows[j] for j in picked]).to(self.device)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    emb = self.encoder(batch)  # (b, D)
+                yield [window[j] for j in picked], emb.float().cpu()
 
     def encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,
                max_tokens: int | None = None, progress=None) -> Tensor:

@@ -65,7 +65,7 @@ def test_table4_knobs_are_plain_overrides(tmp_path):
 def test_yaml_files_start_with_the_command_that_uses_them():
     for path in CONF.rglob("*.yaml"):
         head = path.read_text().splitlines()[:2]
-        assert any(line.startswith("# run: python -m embed_lm.") for line in head), path
+        assert any(line.startswith(("# run: python -m embed_lm.", "# run: make ")) for line in head), path
 
 
 def run_cli(*args, timeout=120):

@@ -1,0 +1,53 @@
+"""Shared by the plain (non-Hydra) entry points, embed_lm.encode and embed_lm.export: `key=value` arguments next to
+`--flags` (`run=<dir>` is `--run <dir>`), and errors a user can act on printed as one line, without a traceback,
+exit status 2 (EMBED_LM_TRACEBACK=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from embed_lm.backbone import BackboneNotFoundError
+from embed_lm.data.records import DataFormatError
+from embed_lm.runs import RunNotFoundError
+
+
+class UsageError(ValueError):
+    """A bad combination of options; the message says which option to change."""
+
+
+USER_ERRORS = (RunNotFoundError, BackboneNotFoundError, DataFormatError, UsageError, FileNotFoundError,
+               FileExistsError)
+KEY_VALUE = re.compile(r"^([A-Za-z][\w-]*)=(.*)$", re.S)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse argv, reading a `key=value` token as `--key value` when --key is an option and the token is not the
+    value of the flag before it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = parser._option_string_actions  # noqa: SLF001 (argparse's table of option strings)
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        prev = flags.get(argv[i - 1]) if i else None
+        is_value = prev is not None and prev.nargs != 0
+        m = KEY_VALUE.match(token)
+        if m and not is_value and f"--{m[1].replace('_', '-')}" in flags:
+            out += [f"--{m[1].replace('_', '-')}", m[2]]
+        else:
+            out.append(token)
+    return parser.parse_args(out)
+
+
+def run_main(main: Callable[[], None], extra_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Call main(); print a user error as `error: ...` and exit 2."""
+    try:
+        main()
+    except USER_ERRORS + extra_errors as e:
+        if os.environ.get("EMBED_LM_TRACEBACK") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
