@@ -57,6 +57,10 @@ class TextCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+        # a tokenizer that appends EOS itself (e.g. an exported one) gets one more token of room, which its own EOS
+        # takes and we replace: every tokenizer then yields the same max_length - 1 text tokens + EOS
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self._own_eos = int(append_eos and bool(probe) and probe[-1] == tokenizer.eos_token_id)
 
     def __call__(self, prefixes: list[str], texts: list[str]) -> TokenizedBatch:
         return self.pad(self.tokenize(prefixes, texts))
@@ -64,7 +68,7 @@ class TextCollator:
     def tokenize(self, prefixes: list[str], texts: list[str]) -> list[tuple[list[int], list[int]]]:
         """(token ids, instruction flags) per text, truncated and with the EOS rule applied; not padded."""
         full = [p + t for p, t in zip(prefixes, texts)]
-        limit = self.max_length - 1 if self.append_eos else self.max_length
+        limit = self.max_length - 1 + self._own_eos if self.append_eos else self.max_length
         enc = self.tokenizer(full, add_special_tokens=True, truncation=True, max_length=limit,
                              return_offsets_mapping=True, return_special_tokens_mask=True)
         rows = []

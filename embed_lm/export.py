@@ -47,7 +47,7 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
     """Write the merged model to `out`; returns the named prompts."""
     from omegaconf import OmegaConf, open_dict
 
-    from embed_lm.runs import build_embedder, find_embedder_dir
+    from embed_lm.runs import MERGED_CONFIG, build_embedder, find_embedder_dir
 
     embedder_dir, ckpt = find_embedder_dir(run)
     cfg = OmegaConf.load(embedder_dir / "config.yaml")
@@ -71,6 +71,9 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
     save_tokenizer(collator.tokenizer, out, collator.append_eos, collator.max_length)
     write_st_modules(out, pooling, model.config.hidden_size, collator.max_length, prompts)
     check_tokenizer(out, collator, prompts["query"])
+    merged = OmegaConf.merge(cfg, {"backbone": {"model_name_or_path": str(out.resolve()), "size": "full",
+                                                "dtype": "auto"}})
+    OmegaConf.save(merged, out / MERGED_CONFIG)  # lets embed_lm.evaluate / encode / passkey load the export
     return prompts
 
 

@@ -2,6 +2,7 @@
 
     load_run("outputs/train/runs/<run>")                       # base model + the run's LoRA adapter (embedder/)
     load_run("outputs/train/runs/<run>/checkpoints/last.ckpt") # base model + the LoRA weights of that checkpoint
+    load_run("exported/<name>")                                # a merged export (python -m embed_lm.export)
     load_base(cfg)                                             # a base model, no adapter (backbone/pooling/style)
 
 The run's resolved config (embedder/config.yaml) rebuilds the same backbone, pooling, instruction style and
@@ -20,6 +21,9 @@ from peft import PeftModel
 from embed_lm.collator import TextCollator
 from embed_lm.embedder import Embedder
 from embed_lm.encoder import TextEncoder
+
+
+MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to the merged weights
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -44,7 +48,8 @@ def find_embedder_dir(run: str | Path) -> tuple[Path, Path | None]:
             return candidate, None
     raise RunNotFoundError(f"{path} is not a training run: expected {path / 'embedder' / 'config.yaml'} and "
                            f"{path / 'embedder' / 'adapter' / 'adapter_config.json'} (written by "
-                           "python -m embed_lm.train), or a .ckpt file inside a run's checkpoints/")
+                           "python -m embed_lm.train), a .ckpt file inside a run's checkpoints/, or a merged export "
+                           f"with {MERGED_CONFIG} (python -m embed_lm.export)")
 
 
 def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path | None = None,
@@ -77,7 +82,10 @@ def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path 
 
 def load_run(run: str | Path, device: str = "cpu", merge: bool = False, max_length: int | None = None
              ) -> tuple[Embedder, DictConfig]:
-    """The run's embedder and its resolved training config."""
+    """The run's embedder and its resolved training config (a merged export: its weights, no adapter)."""
+    if (Path(run).expanduser() / MERGED_CONFIG).is_file():
+        cfg = OmegaConf.load(Path(run).expanduser() / MERGED_CONFIG)
+        return build_embedder(cfg, None, None, device, False, max_length), cfg
     embedder_dir, ckpt = find_embedder_dir(run)
     cfg = OmegaConf.load(embedder_dir / "config.yaml")
     return build_embedder(cfg, embedder_dir, ckpt, device, merge, max_length), cfg

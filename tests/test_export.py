@@ -90,3 +90,16 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, capsys):
             run_main(lambda: main(argv))
         err = capsys.readouterr().err
         assert e.value.code == 2 and expected in err and "Traceback" not in err
+
+
+def test_a_merged_export_loads_as_a_run(tmp_path):
+    """embed_lm.evaluate / encode / passkey accept the export folder itself (run=<export>)."""
+    run, out = make_run(tmp_path / "run", ["backbone=tiny_mistral"]), tmp_path / "export"
+    main([f"run={run}", f"out={out}"])
+    ours, cfg = load_run(run)
+    merged, merged_cfg = load_run(out)
+    texts = sample_texts()
+    assert merged_cfg.backbone.model_name_or_path == str(out.resolve())
+    torch.testing.assert_close(merged.encode_queries(texts, task=cfg.data.test.task),
+                               ours.encode_queries(texts, task=cfg.data.test.task), atol=TOL, rtol=0)
+    torch.testing.assert_close(merged.encode_documents(texts), ours.encode_documents(texts), atol=TOL, rtol=0)
