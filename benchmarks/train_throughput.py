@@ -72,7 +72,7 @@ def one_tiny_run(batch: int, cached: bool, steps: int, seq: int) -> dict:
 
 def part_tiny(batches: list[int], steps: int, seq: int) -> None:
     print(f"\nPart 1: tiny_mistral LoRA r16, {seq} tokens, 1 hard negative, CPU ({torch.get_num_threads()} threads)")
-    print(f"{'global batch':>12} {'loss':>8} {'examples/s':>11} {'peak RSS MB':>12}")
+    print(f"{'global batch':>12} {'mode':>9} {'examples/s':>11} {'peak RSS MB':>12}")
     for batch in batches:
         for cached in (False, True):
             cmd = [sys.executable, __file__, "--one", str(batch), str(int(cached)), str(steps), str(seq)]
