@@ -146,12 +146,22 @@ def plot_deltas(table: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def sweep_group(sweep: Path) -> str:
+    """The W&B group the sweep's training runs used (their experiment option, see conf/logger/wandb.yaml)."""
+    path = sweep / "multirun.yaml"
+    if path.is_file():
+        for override in yaml.safe_load(path.read_text())["hydra"]["overrides"].get("task", []):
+            if override.startswith("experiment="):
+                return override.split("=", 1)[1]
+    return "table4"
+
+
 def log_wandb(table: list[dict], sweep: Path, png: Path) -> None:
     import wandb
 
     from embed_lm.conf_resolvers import wandb_offline
 
-    run = wandb.init(project="embed_lm", group=f"table4-{sweep.name}", name=f"table4-report-{sweep.name}",
+    run = wandb.init(project="embed_lm", group=sweep_group(sweep), name=f"table4-report-{sweep.name}",
                      job_type="report", dir=str(sweep), mode="offline" if wandb_offline() else "online",
                      reinit="finish_previous")
     columns = ["row", "status", "wandb_run"] + FIELDS + [f"Δ {c}" for c in FIELDS] + [f"paper {c}" for c in FIELDS]
