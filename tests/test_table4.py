@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, compose_config
-from embed_lm.report import ROWS, table4
+from embed_lm.report import ROWS, sweep_group, table4
 
 FACTOR = {"default": None, "llama2": "backbone", "msmarco_only": "data", "mean_pool": "pooling",
           "weighted_mean_pool": "pooling", "lora_r8": "lora_rank", "lora_r32": "lora_rank",
@@ -59,6 +59,7 @@ def test_sweep_runs_all_nine_rows_then_the_report(tmp_path):
     assert all(r["status"] == "finished" for r in table), [(r["row"], r["status"]) for r in table]
     assert all(r["ours"][4] is not None for r in table)  # Retr. column: every row has a score
     assert table[0]["delta"][-1] == 0.0
+    assert sweep_group(sweep) == "table4_cpu"  # the report's W&B run joins the rows' group
     md = (sweep / "table4.md").read_text()
     assert "python -m embed_lm.report table4" in md and "paper" in md
     assert (sweep / "table4.csv").read_text().count("\n") == 10 and (sweep / "table4_deltas.png").stat().st_size
