@@ -37,14 +37,19 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def run_folder(run: str) -> Path:
+    """The run folder of `run=`: the folder itself, or the run holding a checkpoints/<name>.ckpt."""
+    path = Path(run)
+    return path.parent.parent if path.suffix == ".ckpt" else path
+
+
 def output_dir_for(cfg: DictConfig) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
     if cfg.run:
         run = Path(cfg.run)
-        run_dir = run.parent.parent if run.suffix == ".ckpt" else run
         tag = cfg.eval.suite if run.suffix != ".ckpt" else f"{cfg.eval.suite}-{run.stem}"
-        return run_dir / "eval" / tag
+        return run_folder(cfg.run) / "eval" / tag
     return Path(cfg.paths.log_dir) / "eval" / cfg.backbone.name / cfg.eval.suite
 
 
@@ -71,8 +76,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     if cfg.run:
         embedder, run_cfg = load_run(cfg.run, device=device, max_length=cfg.max_length)
-        name = Path(cfg.run).resolve().parent.parent.name if str(cfg.run).endswith(".ckpt") else Path(
-            cfg.run).resolve().name
+        name = run_folder(cfg.run).resolve().name
     else:
         embedder, name = load_base(cfg, device=device, max_length=cfg.max_length), f"base-{cfg.backbone.name}"
     out = output_dir_for(cfg)

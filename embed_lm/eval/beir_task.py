@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 
 from embed_lm.data.beir import BeirSplit
-from embed_lm.eval.local_tasks import task_metadata
+from embed_lm.eval.local_tasks import retrieval_split, task_metadata
 
 
 def beir_task(path: str | Path, split: str, instruction: str, name: str | None = None) -> AbsTaskRetrieval:
@@ -26,10 +25,7 @@ def beir_task(path: str | Path, split: str, instruction: str, name: str | None =
 
         def load_data(self, **kwargs) -> None:
             data = spec.load()
-            self.dataset = {"default": {"test": {
-                "queries": Dataset.from_list([{"id": k, "text": v} for k, v in data.queries.items()]),
-                "corpus": Dataset.from_list([{"id": k, "text": v} for k, v in data.corpus.items()]),
-                "relevant_docs": data.qrels, "top_ranked": None}}}
+            self.dataset = {"default": {"test": retrieval_split(data.queries, data.corpus, data.qrels)}}
             self.data_loaded = True
 
     return BeirFolderRetrieval()

@@ -44,6 +44,14 @@ def task_metadata(name: str, task_type: str, main_score: str, prompt: str | dict
                         dialect=None, sample_creation="found", bibtex_citation=None, prompt=prompt)
 
 
+def retrieval_split(queries: dict[str, str], corpus: dict[str, str], qrels: dict[str, dict[str, int]],
+                    top_ranked: dict[str, list[str]] | None = None) -> dict:
+    """One split in mteb's retrieval format, from id -> text maps (the BEIR-folder task uses it too)."""
+    return {"queries": Dataset.from_list([{"id": k, "text": v} for k, v in queries.items()]),
+            "corpus": Dataset.from_list([{"id": k, "text": v} for k, v in corpus.items()]),
+            "relevant_docs": qrels, "top_ranked": top_ranked}
+
+
 def read_rows(path: Path) -> list[dict]:
     return [row for _, row in read_jsonl(path, SkipCounter(skip_invalid=False))]
 
@@ -59,6 +67,13 @@ class SampleData:
         self.doc_of_package = {d["package"]: d for d in self.corpus}
         counts = Counter(d["section"] for d in self.corpus)
         self.sections = sorted(s for s, _ in counts.most_common(N_SECTIONS))
+
+    def query_texts(self) -> dict[str, str]:
+        return {q["_id"]: q["text"] for q in self.queries}
+
+    def qrels(self) -> dict[str, dict[str, int]]:
+        """Each summary's one relevant document: its own package's description."""
+        return {q["_id"]: {self.doc_of_package[q["package"]]["_id"]: 1} for q in self.queries}
 
     def same_section_others(self, doc: dict, n: int, rng: random.Random) -> list[dict]:
         pool = [d for d in self.corpus if d["section"] == doc["section"] and d["_id"] != doc["_id"]]
@@ -84,11 +99,8 @@ class DebianSummaryRetrieval(_LocalTask, AbsTaskRetrieval):
 
     def load_data(self, **kwargs) -> None:
         s = self.sample()
-        self.dataset = {"default": {"test": {
-            "queries": Dataset.from_list([{"id": q["_id"], "text": q["text"]} for q in s.queries]),
-            "corpus": Dataset.from_list([{"id": d["_id"], "text": d["text"]} for d in s.corpus]),
-            "relevant_docs": {q["_id"]: {s.doc_of_package[q["package"]]["_id"]: 1} for q in s.queries},
-            "top_ranked": None}}}
+        self.dataset = {"default": {"test": retrieval_split(s.query_texts(), {d["_id"]: d["text"] for d in s.corpus},
+                                                            s.qrels())}}
         self.data_loaded = True
 
 
@@ -105,11 +117,8 @@ class DebianSummaryReranking(_LocalTask, AbsTaskRetrieval):
             rng.shuffle(candidates)
             top_ranked[q["_id"]] = [d["_id"] for d in candidates]
             used.update({d["_id"]: d["text"] for d in candidates})
-        self.dataset = {"default": {"test": {
-            "queries": Dataset.from_list([{"id": q["_id"], "text": q["text"]} for q in s.queries]),
-            "corpus": Dataset.from_list([{"id": k, "text": v} for k, v in sorted(used.items())]),
-            "relevant_docs": {q["_id"]: {s.doc_of_package[q["package"]]["_id"]: 1} for q in s.queries},
-            "top_ranked": top_ranked}}}
+        self.dataset = {"default": {"test": retrieval_split(s.query_texts(), dict(sorted(used.items())), s.qrels(),
+                                                            top_ranked)}}
         self.data_loaded = True
 
 
