@@ -52,12 +52,12 @@ def sample_texts(n: int) -> list[str]:
 
 
 def build_ours(path: str, max_length: int, device: str):
-    from embed_lm.backbone import PretrainedBackbone
-    from embed_lm.collator import TextCollator
+    from embed_lm.model.backbone import PretrainedBackbone
+    from embed_lm.model.collator import TextCollator
     from embed_lm.embedder import Embedder
-    from embed_lm.encoder import TextEncoder
-    from embed_lm.instructions import NoInstruction
-    from embed_lm.pooling import Pooling
+    from embed_lm.model.encoder import TextEncoder
+    from embed_lm.model.instructions import NoInstruction
+    from embed_lm.model.pooling import Pooling
 
     backbone = PretrainedBackbone("minilm", path, append_eos=False, lora_target_modules=[], dtype="float32").load()
     collator = TextCollator(backbone.tokenizer, max_length, append_eos=False)

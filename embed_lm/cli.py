@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from embed_lm.backbone import BackboneNotFoundError
+from embed_lm.model.backbone import BackboneNotFoundError
 from embed_lm.data.records import DataFormatError
 from embed_lm.runs import RunNotFoundError
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from embed_lm.collator import TextCollator
-from embed_lm.encoder import TextEncoder
-from embed_lm.instructions import InstructionStyle
+from embed_lm.model.collator import TextCollator
+from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.instructions import InstructionStyle
 
 
 class Embedder:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from embed_lm.cli import UsageError, parse_args, run_main
 from embed_lm.data.records import DataFormatError, SkipCounter, open_text, read_jsonl, text_field
 from embed_lm.embedder import Embedder
-from embed_lm.instructions import TASK_KINDS, InstructionStyle
+from embed_lm.model.instructions import TASK_KINDS, InstructionStyle
 
 log = logging.getLogger("embed_lm.encode")
 

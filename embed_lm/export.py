@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from embed_lm.cli import UsageError, parse_args, run_main
-from embed_lm.instructions import TASK_KINDS
+from embed_lm.model.instructions import TASK_KINDS
 from embed_lm.st_format import ExportError, check_tokenizer, save_tokenizer, write_st_modules
 
 log = logging.getLogger("embed_lm.export")

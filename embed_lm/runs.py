@@ -18,9 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
-from embed_lm.collator import TextCollator
+from embed_lm.model.collator import TextCollator
 from embed_lm.embedder import Embedder
-from embed_lm.encoder import TextEncoder
+from embed_lm.model.encoder import TextEncoder
 
 
 MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to the merged weights

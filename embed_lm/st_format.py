@@ -27,8 +27,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from embed_lm.collator import TextCollator
-from embed_lm.pooling import Pooling
+from embed_lm.model.collator import TextCollator
+from embed_lm.model.pooling import Pooling
 
 ST_POOLING_KEYS = {"last_token": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens",
                    "weighted_mean": "pooling_mode_weightedmean_tokens"}

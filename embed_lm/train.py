@@ -29,14 +29,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm import conf_resolvers, run_record
-from embed_lm.backbone import BackboneNotFoundError, add_lora, count_trainable
-from embed_lm.callbacks import SaveEmbedder
-from embed_lm.collator import TextCollator
+from embed_lm import conf_resolvers
+from embed_lm.training import run_record
+from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
+from embed_lm.training.callbacks import SaveEmbedder
+from embed_lm.model.collator import TextCollator
 from embed_lm.data.records import DataFormatError
-from embed_lm.encoder import TextEncoder
-from embed_lm.module import ContrastiveEncoderModule
-from embed_lm.strategies import IncompatibleSetupError, check_setup
+from embed_lm.model.encoder import TextEncoder
+from embed_lm.training.module import ContrastiveEncoderModule
+from embed_lm.training.strategies import IncompatibleSetupError, check_setup
 
 log = logging.getLogger("embed_lm.train")
 conf_resolvers.register()

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from embed_lm import conf_resolvers  # noqa: E402
-from embed_lm.backbone import TinyBackbone  # noqa: E402
+from embed_lm.model.backbone import TinyBackbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

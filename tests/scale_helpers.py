@@ -5,13 +5,13 @@ import json
 import torch
 
 from conftest import SAMPLE
-from embed_lm.backbone import TinyBackbone, add_lora
-from embed_lm.collator import TextCollator
+from embed_lm.model.backbone import TinyBackbone, add_lora
+from embed_lm.model.collator import TextCollator
 from embed_lm.data.datamodule import PairCollator
 from embed_lm.data.records import TrainExample
-from embed_lm.encoder import TextEncoder
-from embed_lm.instructions import NaturalInstruction
-from embed_lm.pooling import Pooling
+from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.instructions import NaturalInstruction
+from embed_lm.model.pooling import Pooling
 
 
 def tiny_encoder(dropout: float = 0.0, checkpointing: bool = False, seed: int = 0) -> TextEncoder:
@@ -44,9 +44,9 @@ def distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str,
     gathering, each followed by the gradient averaging DDP does; rank 0 saves losses and gradients."""
     import torch.distributed as dist
 
-    from embed_lm.distributed import average_gradients
-    from embed_lm.losses.cached_infonce import CachedInfoNCELoss
-    from embed_lm.losses.infonce import InfoNCELoss
+    from embed_lm.training.distributed import average_gradients
+    from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
+    from embed_lm.training.losses.infonce import InfoNCELoss
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)

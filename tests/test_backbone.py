@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from embed_lm.backbone import BackboneNotFoundError, PretrainedBackbone, TinyBackbone, resolve_model_source
+from embed_lm.model.backbone import BackboneNotFoundError, PretrainedBackbone, TinyBackbone, resolve_model_source
 
 
 def test_local_directory_without_config_is_explained(tmp_path):

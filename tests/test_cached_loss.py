@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from embed_lm.losses.cached_infonce import CachedInfoNCELoss, split_batch
-from embed_lm.losses.infonce import InfoNCELoss
+from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss, split_batch
+from embed_lm.training.losses.infonce import InfoNCELoss
 from scale_helpers import batch, examples, lora_grads, tiny_encoder
 
 B = 6

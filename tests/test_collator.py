@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from embed_lm.backbone import add_lora
-from embed_lm.collator import TextCollator
-from embed_lm.encoder import TextEncoder
-from embed_lm.instructions import NaturalInstruction
-from embed_lm.pooling import Pooling
+from embed_lm.model.backbone import add_lora
+from embed_lm.model.collator import TextCollator
+from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.instructions import NaturalInstruction
+from embed_lm.model.pooling import Pooling
 
 PREFIX = NaturalInstruction().query_prefix("Given a question, retrieve Wikipedia passages that answer the question",
                                            "short-long")

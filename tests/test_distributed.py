@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from embed_lm.losses.infonce import InfoNCELoss
+from embed_lm.training.losses.infonce import InfoNCELoss
 from scale_helpers import batch, distributed_worker, examples, lora_grads, tiny_encoder
 
 WORLD, PER_RANK = 2, 3

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import SAMPLE, compose_train
-from embed_lm.backbone import add_lora
+from embed_lm.model.backbone import add_lora
 from embed_lm.cli import run_main
-from embed_lm.collator import TextCollator
+from embed_lm.model.collator import TextCollator
 from embed_lm.export import main
 from embed_lm.runs import load_run
 from embed_lm.st_format import ExportError, check_tokenizer, save_tokenizer

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embed_lm.losses.infonce import InfoNCELoss, info_nce_loss
+from embed_lm.training.losses.infonce import InfoNCELoss, info_nce_loss
 
 
 def naive_info_nce(q, pos, neg, tau):

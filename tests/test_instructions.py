@@ -1,6 +1,6 @@
 import pytest
 
-from embed_lm.instructions import NaturalInstruction, NoInstruction, TaskTypePrefix
+from embed_lm.model.instructions import NaturalInstruction, NoInstruction, TaskTypePrefix
 
 TASK = "Given a web search query, retrieve relevant passages that answer the query"
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModel, LlamaConfig, MistralConfig
 
-from embed_lm.backbone import TinyBackbone, add_lora, count_trainable
+from embed_lm.model.backbone import TinyBackbone, add_lora, count_trainable
 
 MISTRAL_7B = MistralConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                            intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768,

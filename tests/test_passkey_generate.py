@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from embed_lm.collator import TextCollator
+from embed_lm.model.collator import TextCollator
 from embed_lm.passkey import cache
 from embed_lm.passkey.generate import NEEDLE, FitError, _names, count_tokens, generate_task
 

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from embed_lm.backbone import TinyBackbone, add_lora
+from embed_lm.model.backbone import TinyBackbone, add_lora
 from embed_lm.passkey import __main__ as passkey
 from embed_lm.passkey.evaluate import evaluate_task, top1_hits
 from embed_lm.passkey.generate import Document, Query, Task

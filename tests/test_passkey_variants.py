@@ -9,12 +9,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from embed_lm.backbone import TinyBackbone, add_lora
-from embed_lm.collator import TextCollator
-from embed_lm.encoder import TextEncoder
+from embed_lm.model.backbone import TinyBackbone, add_lora
+from embed_lm.model.collator import TextCollator
+from embed_lm.model.encoder import TextEncoder
 from embed_lm.passkey.generate import generate_task
 from embed_lm.passkey.variants import VariantError, apply_variant, rotary_modules, variant_of
-from embed_lm.pooling import Pooling
+from embed_lm.model.pooling import Pooling
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ROPE = {p.stem: OmegaConf.load(p).rope_base for p in sorted((CONF / "passkey_rope_base").glob("*.yaml"))}

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from conftest import compose_config
-from embed_lm.backbone import TinyBackbone, add_lora
+from embed_lm.model.backbone import TinyBackbone, add_lora
 from embed_lm.plan.__main__ import plan
 from embed_lm.plan.activations import saved_activation_bytes
 from embed_lm.plan.estimate import Shape, largest_chunk, plan_step, saved_bytes_per_token

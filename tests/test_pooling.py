@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from embed_lm.pooling import Pooling, last_token_pool, mean_pool, weighted_mean_pool
+from embed_lm.model.pooling import Pooling, last_token_pool, mean_pool, weighted_mean_pool
 
 
 def released_last_token_pool(last_hidden_states, attention_mask):

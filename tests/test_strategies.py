@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import ROOT, compose_train
-from embed_lm.strategies import IncompatibleSetupError, check_setup
+from embed_lm.training.strategies import IncompatibleSetupError, check_setup
 
 
 def loss(name):

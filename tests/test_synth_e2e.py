@@ -9,7 +9,7 @@ from conftest import compose_train
 from synth_fixtures import chat_server, fake_llm  # noqa: F401  (fixture)
 
 from embed_lm.data.synthetic import SyntheticSource
-from embed_lm.instructions import TASK_KINDS
+from embed_lm.model.instructions import TASK_KINDS
 from embed_lm.synth.generators import OpenAIGenerator
 from embed_lm.synth.pipeline import Plan, run
 from embed_lm.synth.report import main as report_main

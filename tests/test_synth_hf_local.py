@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from embed_lm.backbone import TINY_TOKENIZER
+from embed_lm.model.backbone import TINY_TOKENIZER
 from embed_lm.synth.generators import GeneratorError, HFLocalGenerator
 from embed_lm.synth.pipeline import Plan, run
 

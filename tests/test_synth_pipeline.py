@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from synth_fixtures import FakeGenerator
 
 from embed_lm.data.synthetic import SyntheticSource
-from embed_lm.instructions import TASK_KINDS
+from embed_lm.model.instructions import TASK_KINDS
 from embed_lm.synth.pipeline import Plan, dry_run, run
 from embed_lm.synth.store import DISCARDED_DIR, SUMMARY, OutputStore, StoreError, kind_file
 

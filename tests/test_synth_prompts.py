@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from embed_lm.data.synthetic import FIELDS
-from embed_lm.instructions import ASYMMETRIC_KINDS, TASK_KINDS
+from embed_lm.model.instructions import ASYMMETRIC_KINDS, TASK_KINDS
 from embed_lm.synth import prompts
 from embed_lm.synth.pipeline import Plan
 from embed_lm.synth.prompts import brainstorm_request, example_request, sample_placeholders

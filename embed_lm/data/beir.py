@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embed_lm.data.records import DataFormatError, SkipCounter, read_jsonl, read_tsv, text_field
-from embed_lm.instructions import check_task_kind
+from embed_lm.model.instructions import check_task_kind
 
 
 @dataclass

@@ -22,11 +22,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from embed_lm.collator import TextCollator, TokenizedBatch
+from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample
 from embed_lm.data.sampler import MixtureBatchSampler
-from embed_lm.instructions import InstructionStyle
+from embed_lm.model.instructions import InstructionStyle
 
 log = logging.getLogger(__name__)
 

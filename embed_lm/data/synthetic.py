@@ -19,7 +19,7 @@ from pathlib import Path
 
 from embed_lm.data.records import (DataFormatError, SkipCounter, TrainExample, expand_paths, read_jsonl,
                                    text_field)
-from embed_lm.instructions import TASK_KINDS
+from embed_lm.model.instructions import TASK_KINDS
 
 FIELDS: dict[str, tuple[str, str, str | None]] = {
     "short-long": ("user_query", "positive_document", "hard_negative_document"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mteb
 
-from embed_lm.backbone import hub_reachable
+from embed_lm.model.backbone import hub_reachable
 from embed_lm.eval.beir_task import beir_task
 from embed_lm.eval.local_tasks import LOCAL_TASKS
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from embed_lm import conf_resolvers
-from embed_lm.backbone import BackboneNotFoundError
+from embed_lm.model.backbone import BackboneNotFoundError
 from embed_lm.embedder import Embedder
 from embed_lm.passkey.cache import load_or_generate, task_key
 from embed_lm.passkey.evaluate import evaluate_task

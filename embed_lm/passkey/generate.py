@@ -7,7 +7,7 @@
 A document is FILLER repeated, with one NEEDLE (a person's name and key, twice) inserted at a sentence boundary
 chosen uniformly among the document's sentence boundaries (so the needle's relative position spreads over [0, 1]).
 
-Length. `length` counts every token the model sees for a document, as embed_lm.collator builds the row: the
+Length. `length` counts every token the model sees for a document, as embed_lm.model.collator builds the row: the
 tokenizer's own special tokens (BOS for Mistral/LLaMA) + the text's tokens + the appended EOS (append_eos=True).
 A 4096-token document thus fills Mistral's 4096-token window exactly, EOS included. Every document has between
 `length - tolerance` and `length` tokens, checked by tokenizing it; the filler after the needle is cut at a token
@@ -87,7 +87,7 @@ def render(name: str, key: str, head: int, end: int) -> str:
 
 
 def count_tokens(tokenizer, texts: Sequence[str], append_eos: bool) -> list[int]:
-    """Row lengths as embed_lm.collator.TextCollator builds them (no truncation): the tokenizer's special tokens,
+    """Row lengths as embed_lm.model.collator.TextCollator builds them (no truncation): the tokenizer's special tokens,
     then, with append_eos, any EOS the tokenizer added is dropped and one EOS appended."""
     enc = tokenizer(list(texts), add_special_tokens=True, return_special_tokens_mask=True, verbose=False)
     out = []

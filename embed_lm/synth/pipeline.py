@@ -23,7 +23,7 @@ from itertools import islice
 
 from tqdm.auto import tqdm
 
-from embed_lm.instructions import ASYMMETRIC_KINDS, TASK_KINDS, check_task_kind
+from embed_lm.model.instructions import ASYMMETRIC_KINDS, TASK_KINDS, check_task_kind
 from embed_lm.synth.generators import Completion, GeneratorError
 from embed_lm.synth.parsing import Discard, parse_example, parse_tasks
 from embed_lm.synth.prompts import Request, brainstorm_request, example_request, language_of

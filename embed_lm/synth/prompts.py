@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from embed_lm.instructions import ASYMMETRIC_KINDS
+from embed_lm.model.instructions import ASYMMETRIC_KINDS
 
 # the paper's placeholder values (short-long, FACTS.md section 4)
 QUERY_TYPES = ("extremely long-tail", "long-tail", "common")

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from embed_lm.data.synthetic import FIELDS
-from embed_lm.instructions import TASK_KINDS
+from embed_lm.model.instructions import TASK_KINDS
 
 log = logging.getLogger(__name__)
 DISCARDED_DIR = "discarded"

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embed_lm.collator import TokenizedBatch
-from embed_lm.pooling import Pooling
+from embed_lm.model.collator import TokenizedBatch
+from embed_lm.model.pooling import Pooling
 
 
 class TextEncoder(nn.Module):

@@ -9,10 +9,10 @@ Shapes: queries (B, D), positives (B, D), negatives (M, D) with M = B * N for N 
 including 0). Embeddings need not be normalised; the loss normalises them.
 
 Across devices (gather_across_devices=true): D becomes the documents of all W ranks (W*B positives, W*M negatives),
-gathered with gradients by embed_lm.distributed.gather_with_grad. local_loss=true (default) scores only this
+gathered with gradients by embed_lm.training.distributed.gather_with_grad. local_loss=true (default) scores only this
 rank's queries, positive of local query i at global column rank*B + i; local_loss=false gathers the queries too
 and every rank computes the full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
-See embed_lm/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
+See embed_lm/training/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
 
     python -m embed_lm.train loss=infonce loss.temperature=0.02 loss.gather_across_devices=true
 """
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from embed_lm.distributed import gather_with_grad, world
+from embed_lm.training.distributed import gather_with_grad, world
 
 
 def info_nce_loss(queries: Tensor, positives: Tensor, negatives: Tensor | None, temperature: float = 0.02,

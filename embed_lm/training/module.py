@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from embed_lm.collator import TokenizedBatch
-from embed_lm.distributed import average_gradients
-from embed_lm.encoder import TextEncoder
-from embed_lm.losses.cached_infonce import CachedInfoNCELoss
+from embed_lm.model.collator import TokenizedBatch
+from embed_lm.training.distributed import average_gradients
+from embed_lm.model.encoder import TextEncoder
+from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
 from embed_lm.retrieval_metrics import retrieval_metrics
 
 
@@ -60,7 +60,7 @@ class ContrastiveEncoderModule(L.LightningModule):
         return loss
 
     def _cached_training_step(self, batch: dict[str, TokenizedBatch]) -> Tensor:
-        """GradCache step (embed_lm/losses/cached_infonce.py) under manual optimisation."""
+        """GradCache step (embed_lm/training/losses/cached_infonce.py) under manual optimisation."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn.backward_step(self.encoder, batch["queries"], batch["documents"])

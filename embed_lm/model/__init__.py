@@ -1,0 +1,1 @@
+"""Model layer: backbones + LoRA, tokenisation (collator), instructions, pooling and the text encoder."""

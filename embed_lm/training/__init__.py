@@ -1,0 +1,1 @@
+"""Training layer: the LightningModule, losses, callbacks, strategies, cross-device helpers and the run record."""
