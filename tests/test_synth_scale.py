@@ -254,3 +254,23 @@ def test_cli_openai_batch_costs_at_batch_prices(chat_server, tmp_path):  # noqa:
     assert summary["complete"] and summary["tokens"] == {"prompt": 200, "completion": 120, "total": 320}
     assert summary["cost_usd"] == pytest.approx((200 * 2.0 + 120 * 10.0) / 1e6 * 0.5)  # half the list price
     assert summary["prices_per_1m"] == {"input": 1.0, "output": 5.0}
+
+
+def test_batch_created_but_not_recorded_is_found_again_not_paid_twice(chat_server, tmp_path):  # noqa: F811
+    server = chat_server(batch_polls=1)
+    gen = OpenAIBatchGenerator("fake-model", base_url=server.url, poll_interval_s=0.01)
+    create = gen.client.batches.create
+
+    def crash_after_create(**kwargs):  # the batch exists on the server, the process dies before recording its id
+        create(**kwargs)
+        raise KeyboardInterrupt
+
+    gen.client.batches.create = crash_after_create
+    plan = Plan(kinds=("sts",), n_examples=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(gen, str(tmp_path), plan, progress=False)
+    summary = run(OpenAIBatchGenerator("fake-model", base_url=server.url, poll_interval_s=0.01), str(tmp_path), plan,
+                  progress=False)
+    assert summary["complete"] and len(posts(server, "/v1/batches")) == 1  # looked up by its input file id
+    events = [json.loads(x)["event"] for x in (tmp_path / "batches" / "ledger.jsonl").read_text().splitlines()]
+    assert events == ["uploaded", "created", "collected"]
