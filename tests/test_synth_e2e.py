@@ -3,6 +3,7 @@ train the tiny backbone a few steps on it through the normal config and DataModu
 
 import json
 import math
+from collections import Counter
 
 import pytest
 from conftest import compose_train
@@ -47,9 +48,21 @@ def test_generated_data_reports_and_trains_the_tiny_backbone(chat_server, tmp_pa
         summary["kinds"]["short-long"]["discarded"] / 8, abs=1e-3)
     assert sum(report["languages"].values()) == kept and "English" in report["languages"]
     assert report["kinds"]["short-long"]["words"]["positive"]["median"] == 8
-    for name in ["kinds.png", "languages.png"] + [f"lengths_{k.replace('-', '_')}.png" for k in TASK_KINDS]:
+    for name in ["kinds.png", "languages.png", "tokens.png", "task_map.png"] + [
+            f"lengths_{k.replace('-', '_')}.png" for k in TASK_KINDS]:
         assert (out / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert "![kinds.png](kinds.png)" in (out / "report" / "report.md").read_text()
+    md = (out / "report" / "report.md").read_text()
+    assert "![kinds.png](kinds.png)" in md and "## Tasks" in md and "Examples per kind and language" in md
+    written = {k: [json.loads(x) for x in (out / f"{k.replace('-', '_')}.jsonl").read_text().splitlines()]
+               for k in TASK_KINDS}
+    for kind, recs in written.items():  # per kind and language, against the files themselves
+        assert report["kinds"][kind]["languages"] == dict(Counter(r["language"] for r in recs))
+    samples = (out / "report" / "samples.md").read_text()
+    assert samples.count("### sts #") == min(20, len(written["sts"])) and "**S1**" in samples
+    brainstormed = {t for x in (out / "tasks" / "short_long.jsonl").read_text().splitlines()
+                    for t in json.loads(x)["tasks"]}
+    assert report["tasks"]["kinds"]["short-long"]["distinct"] == len(brainstormed)
+    assert sum(c["size"] for c in report["tasks"]["clusters"]) == report["tasks"]["mapped"]
 
     cfg = compose_train(["backbone=tiny_mistral", "data=sample", "debug=smoke", "logger=none",
                          "test_after_training=false", "trainer.max_steps=3", "~data.sources.msmarco", "data.dev=null",

@@ -46,3 +46,16 @@ def test_tiny_local_model_runs_and_its_garbage_is_discarded(tiny_llm, tmp_path):
 def test_missing_model_path_says_what_to_set(tmp_path):
     with pytest.raises(GeneratorError, match=r"no transformers model at .*nowhere.*model=/path"):
         HFLocalGenerator(str(tmp_path / "nowhere"))
+
+
+def test_batched_left_padded_generation_matches_one_prompt_at_a_time(tiny_llm):
+    gen = HFLocalGenerator(str(tiny_llm), temperature=0, max_new_tokens=6, device="cpu", batch_size=3)
+    conversations = [[{"role": "user", "content": text}] for text in
+                     ["Write a JSON object.", "hi", "Brainstorm 3 distinct and useful text retrieval tasks please.",
+                      "Two words"]]
+    batched = gen.generate_batch(conversations)  # batches of 3 + 1, prompts of different lengths
+    singles = [gen(c) for c in conversations]
+    assert [c.text for c in batched] == [c.text for c in singles]  # greedy: padding changes nothing
+    assert [(c.prompt_tokens, c.completion_tokens) for c in batched] == [
+        (c.prompt_tokens, c.completion_tokens) for c in singles]
+    assert len({c.prompt_tokens for c in batched}) == 4 and gen.tokenizer.padding_side == "left"

@@ -1,6 +1,7 @@
 """OpenAIGenerator through the real `openai` client against a loopback chat-completions server: retries with
 backoff on 429/500, bounded attempts, errors a user can act on, and the key kept out of everything written."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from conftest import ROOT
 from synth_fixtures import chat_server  # noqa: F401  (fixture)
 
 from embed_lm.synth.generators import GeneratorError, OpenAIGenerator
-from embed_lm.synth.pipeline import Plan, run
+from embed_lm.synth.pipeline import Plan, SynthError, run
 
 KEY = "sk-test-DO-NOT-LEAK-7f3a9c"
 MESSAGES = [{"role": "user", "content": "Brainstorm 2 distinct and useful text retrieval tasks."}]
@@ -43,9 +44,13 @@ def test_attempts_are_bounded_and_a_failed_request_is_left_for_the_next_run(chat
     server = chat_server(fail_first=[500] * 6)  # 2 requests x (1 + 2 retries), Retry-After 1 ms
     gen = OpenAIGenerator("fake-model", base_url=server.url, max_retries=2)
     plan = Plan(kinds=("sts",), n_examples=2)
-    summary = run(gen, str(tmp_path), plan, concurrency=1, progress=False)
+    with pytest.raises(SynthError, match=f"no request succeeded: 2 of 2 failed against {server.url} .*http_500"):
+        run(gen, str(tmp_path), plan, concurrency=1, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(server.calls) == 6 and not summary["complete"] and summary["requests"]["left"] == 2
-    assert summary["runs"][-1]["errors"] == {"http_500": 2} and summary["runs"][-1]["retries"] == 0
+    last = summary["runs"][-1]
+    assert last["errors"] == {"http_500": 2} and last["failed"] == 2 and last["retries"] == 4  # 2 x max_retries
+    assert last["status"] == "failed" and "http_500" in last["last_error"]
     summary = run(gen, str(tmp_path), plan, concurrency=1, progress=False)  # the server is fine again
     assert len(server.calls) == 8 and summary["complete"] and summary["kinds"]["sts"]["examples"] == 2
     assert summary["tokens"] == {"prompt": 100, "completion": 60, "total": 160}

@@ -126,7 +126,8 @@ def test_dry_run_prints_prompts_and_counts_and_sends_nothing(tmp_path):
 
 
 def test_config_composes_for_each_generator_and_holds_no_key():
-    for generator, target in [("openai", "OpenAIGenerator"), ("hf_local", "HFLocalGenerator")]:
+    for generator, target in [("openai", "OpenAIGenerator"), ("hf_local", "HFLocalGenerator"),
+                              ("openai_batch", "OpenAIBatchGenerator"), ("vllm", "VLLMGenerator")]:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="synth", overrides=[f"generator={generator}", "model=m"])

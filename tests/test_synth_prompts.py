@@ -86,3 +86,14 @@ def test_plan_splits_task_requests_and_cycles_examples_through_tasks():
         "bitext/example/0", "short-long/example/1"]
     with pytest.raises(ValueError, match="unknown task kind"):
         Plan(kinds=("short-long", "qa"))
+
+
+def test_brainstorm_prompts_name_varied_domain_seeds_from_the_package_list():
+    requests = [brainstorm_request("short-long", j, 20, seed=0) for j in range(200)]
+    seeds = set(prompts.topic_seeds())
+    assert len(seeds) >= 200 and all(not s.startswith("#") for s in seeds)
+    named = [r.placeholders["topics"].split(", ") for r in requests]
+    assert all(len(t) == prompts.TOPICS_PER_BRAINSTORM and set(t) <= seeds for t in named)
+    assert all(", ".join(t) in r.prompt for t, r in zip(named, requests, strict=True))
+    assert len({r.prompt for r in requests}) == 200 and len({x for t in named for x in t}) > 0.8 * len(seeds)
+    assert brainstorm_request("short-long", 3, 20, seed=0).prompt == requests[3].prompt  # same seed, same prompt

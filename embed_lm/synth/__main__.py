@@ -9,6 +9,8 @@
     python -m embed_lm.train data.sources.synthetic.paths='data/synth/*.jsonl'
 
 Run the same command again to resume a stopped or killed run; summary.json holds counts, tokens and cost.
+Exit status: 0 done (or partly done: rerun to finish), 1 the run stopped or no request succeeded (the message names
+the server and the last error), 2 a configuration error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ USER_ERRORS = (GeneratorError, SynthError, StoreError, ValueError)
 
 def synth(cfg: DictConfig) -> dict | None:
     plan = Plan(kinds=tuple(cfg.kinds), n_tasks=cfg.n_tasks, n_examples=cfg.n_examples,
-                tasks_per_request=cfg.tasks_per_request, seed=cfg.seed, language=cfg.language)
+                tasks_per_request=cfg.tasks_per_request, seed=cfg.seed, language=cfg.language,
+                task_dedup_threshold=cfg.task_dedup_threshold)
     if cfg.dry_run:
         print(dry_run(cfg.out, plan))
         return None
@@ -47,8 +50,9 @@ def synth(cfg: DictConfig) -> dict | None:
             raise e.__cause__ from None
         raise
     log.info("generator %s -> %s", generator.describe(), cfg.out)
+    factor = getattr(generator, "price_factor", 1.0)  # openai_batch: the Batch API's discount
     summary = run(generator, cfg.out, plan, concurrency=cfg.concurrency,
-                  prices_per_1m=(cfg.prices_per_1m.input, cfg.prices_per_1m.output),
+                  prices_per_1m=(cfg.prices_per_1m.input * factor, cfg.prices_per_1m.output * factor),
                   max_consecutive_errors=cfg.max_consecutive_errors, progress=cfg.progress,
                   describe=generator.describe(), config=OmegaConf.to_container(cfg, resolve=True))
     print(f"\n{format_summary(summary)}\nwrote {cfg.out} (summary.json; report: python -m embed_lm.synth.report "
@@ -73,8 +77,10 @@ def main(cfg: DictConfig) -> None:
     except USER_ERRORS as e:  # a message the user can act on; HYDRA_FULL_ERROR=1 shows the traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if getattr(e, "summary", None):  # the run stopped or nothing succeeded: what was done and what failed
+            print(f"\n{format_summary(e.summary)}")
         print(f"error: {e}", file=sys.stderr)
-        leave(2)
+        leave(1 if getattr(e, "summary", None) else 2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to resume into {cfg.out}", file=sys.stderr)
         leave(130)

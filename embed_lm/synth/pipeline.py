@@ -7,34 +7,34 @@ Step 1: ceil(n_tasks / tasks_per_request) brainstorm requests per asymmetric kin
 (number of tasks), so each task gets about n_examples / n_tasks examples with different placeholders. Requests are
 interleaved across kinds, so a stopped run has a bit of every kind. Running the same command again resumes: done
 request ids are skipped (store.py); raising n_examples or n_tasks later extends the data set.
+
+Between the steps, near-duplicate task definitions are removed (task_dedup_threshold, dedup.py; what was dropped
+goes to <out>/tasks/near_duplicates.json). Each step runs through the generator's own path: the Batch API
+(openai_batch: batch.py), chunks handed to a local engine (vllm, hf_local), or async requests with bounded
+concurrency and rate limits (openai: execute.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from itertools import islice
-
-from tqdm.auto import tqdm
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from embed_lm.model.instructions import ASYMMETRIC_KINDS, TASK_KINDS, check_task_kind
+from embed_lm.synth.dedup import dedup_tasks
+from embed_lm.synth.execute import Outcomes, RunStats, SynthError, execute, execute_batched
 from embed_lm.synth.generators import Completion, GeneratorError
 from embed_lm.synth.parsing import Discard, parse_example, parse_tasks
 from embed_lm.synth.prompts import Request, brainstorm_request, example_request, language_of
-from embed_lm.synth.store import OutputStore, kind_file
+from embed_lm.synth.store import TASKS_DIR, OutputStore, kind_file
 from embed_lm.synth.summary import summarize, write_summary
 
 log = logging.getLogger(__name__)
-
-
-class SynthError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,15 @@ class Plan:
     tasks_per_request: int = 20     # task definitions asked for by one step-1 request
     seed: int = 42
     language: str | None = None     # None: sample (weighted to high-resource languages); else every example in it
+    task_dedup_threshold: float | None = None  # near-duplicate task definitions (dedup.py); None: exact only
 
     def __post_init__(self) -> None:
         for kind in self.kinds:
             check_task_kind(kind)
         if min(self.n_tasks, self.n_examples) < 0 or self.tasks_per_request < 1:
             raise ValueError(f"need n_tasks >= 0, n_examples >= 0, tasks_per_request >= 1; got {self}")
+        if self.task_dedup_threshold is not None and not 0 < self.task_dedup_threshold <= 1:
+            raise ValueError(f"task_dedup_threshold must be in (0, 1] or null, got {self.task_dedup_threshold}")
 
     @property
     def asymmetric(self) -> list[str]:
@@ -59,8 +62,21 @@ class Plan:
     def step1(self) -> list[Request]:
         per = self.tasks_per_request
         n_requests = math.ceil(self.n_tasks / per)
-        return [brainstorm_request(k, j, min(per, self.n_tasks - j * per))
+        return [brainstorm_request(k, j, min(per, self.n_tasks - j * per), self.seed)
                 for j in range(n_requests) for k in self.asymmetric]
+
+    def task_lists(self, store: OutputStore) -> tuple[dict[str, list[str]], dict[str, dict]]:
+        """Each asymmetric kind's task definitions for step 2 (near duplicates removed, at most n_tasks), and per
+        kind {"candidates", "near_duplicates", "kept", "near": [NearDuplicate, ...]}."""
+        tasks, dedup = {}, {}
+        for kind in self.asymmetric:
+            candidates = store.tasks(kind)
+            kept, near = (candidates, []) if self.task_dedup_threshold is None else dedup_tasks(
+                candidates, self.task_dedup_threshold)
+            tasks[kind] = kept[:self.n_tasks]
+            dedup[kind] = {"candidates": len(candidates), "near_duplicates": len(near), "kept": len(kept),
+                           "near": near}
+        return tasks, dedup
 
     def step2_keys(self, tasks: dict[str, list[str]]) -> list[tuple[str, int]]:
         """(kind, i) of every example request, kinds interleaved; asymmetric kinds without tasks are left out."""
@@ -74,83 +90,6 @@ class Plan:
             if f"{kind}/example/{i}" not in skip:
                 task = tasks[kind][i % len(tasks[kind])] if kind in ASYMMETRIC_KINDS else None
                 yield example_request(kind, i, task, self.seed, self.language)
-
-
-@dataclass
-class RunStats:
-    """This run's traffic (what is on disk is counted by the store)."""
-
-    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    sent: int = 0
-    retries: int = 0
-    errors: Counter = field(default_factory=Counter)
-    recorded: Counter = field(default_factory=Counter)   # kept / discarded / duplicate
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    wall_s: float = 0.0
-    status: str = "running"
-
-    def as_dict(self) -> dict:  # not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs
-        return {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()}
-
-
-def error_reason(e: BaseException) -> str:
-    code = getattr(e, "status_code", None)
-    return f"http_{code}" if code is not None else type(e).__name__
-
-
-def execute(requests: Iterable[Request], total: int, generator: Callable[[list[dict]], Completion],
-            handle: Callable[[Request, Completion], str], stats: RunStats, concurrency: int,
-            max_consecutive_errors: int, desc: str, progress: bool) -> None:
-    """Run requests on a bounded thread pool (at most 2 x concurrency queued), handling each answer in this thread.
-
-    A failed request (retries used up) is counted and left undone for the next run; `max_consecutive_errors`
-    failures in a row stop the run (the server is probably down). GeneratorError stops it at once."""
-    todo: Iterator[Request] = iter(requests)
-    pending: dict[Future, Request] = {}
-    consecutive, outcomes = 0, Counter()  # outcomes: this step's, for the progress bar
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="synth")
-    bar = tqdm(total=total, desc=desc, unit="req", dynamic_ncols=True, disable=not progress)
-
-    def submit(n: int) -> None:
-        for request in islice(todo, n):
-            pending[pool.submit(generator, request.messages)] = request
-            stats.sent += 1
-
-    try:
-        submit(2 * concurrency)
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                request, error = pending.pop(future), future.exception()
-                if isinstance(error, GeneratorError) or (error is not None and not isinstance(error, Exception)):
-                    raise error
-                if error is not None:
-                    reason = error_reason(error)
-                    if not stats.errors[reason]:
-                        log.warning("request %s failed after retries (%s: %s); it is left for the next run",
-                                    request.id, reason, str(error)[:300])
-                    stats.errors[reason] += 1
-                    consecutive += 1
-                    outcomes["errors"] += 1
-                    if consecutive >= max_consecutive_errors:
-                        raise SynthError(f"{consecutive} requests in a row failed (last: {reason}: {error}); "
-                                         "check the server, then rerun the same command to resume")
-                else:
-                    consecutive = 0
-                    completion = future.result()
-                    stats.retries += completion.retries
-                    stats.prompt_tokens += completion.prompt_tokens
-                    stats.completion_tokens += completion.completion_tokens
-                    outcome = handle(request, completion)
-                    stats.recorded[outcome] += 1
-                    outcomes[outcome] += 1
-                bar.update(1)
-                bar.set_postfix(outcomes, refresh=False)
-                submit(1)
-    finally:
-        bar.close()
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def record_meta(request: Request, c: Completion) -> dict:
@@ -177,39 +116,87 @@ def handler(store: OutputStore) -> Callable[[Request, Completion], str]:
     return handle
 
 
-def run(generator: Callable[[list[dict]], Completion], out: str, plan: Plan, concurrency: int = 8,
-        prices_per_1m: tuple[float, float] = (0.0, 0.0), max_consecutive_errors: int = 20, progress: bool = True,
-        describe: dict | None = None, config: dict | None = None) -> dict:
-    """Generate (or finish generating) `plan` into `out`; returns the summary also written to <out>/summary.json."""
+def write_near_duplicates(out: str, dedup: dict[str, dict]) -> None:
+    """<out>/tasks/near_duplicates.json: what near-duplicate removal dropped, per kind, to check by eye."""
+    doc = {k: [{"task": n.task, "of": n.of, "jaccard": n.jaccard} for n in d["near"]] for k, d in dedup.items()}
+    path = Path(out) / TASKS_DIR / "near_duplicates.json"
+    path.with_suffix(".tmp").write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def run_step(generator, requests: Iterable[Request], total: int, handle: Callable[[Request, Completion], str],
+             stats: RunStats, step: str, out: str, store: OutputStore, concurrency: int, max_consecutive_errors: int,
+             progress: bool, where: str) -> None:
+    """One step through whichever path the generator offers: Batch API, local engine chunks, or async requests."""
+    desc = "step 1 tasks" if step == "tasks" else "step 2 examples"
+    if hasattr(generator, "run_step"):  # openai_batch: a failed line never stops collection
+        todo = list(requests)
+        stats.sent += len(todo)
+        outcomes = Outcomes(stats, handle, total, desc, progress, max(len(todo), 1) + 1, where)
+        try:
+            generator.run_step(step, todo, Path(out), store.done.__contains__, outcomes.answered, outcomes.failed)
+        finally:
+            outcomes.close()
+    elif hasattr(generator, "generate_batch"):
+        execute_batched(requests, total, generator, handle, stats, max_consecutive_errors, desc, progress)
+    else:
+        execute(requests, total, generator, handle, stats, concurrency, max_consecutive_errors, desc, progress,
+                where)
+
+
+def run(generator, out: str, plan: Plan, concurrency: int = 8, prices_per_1m: tuple[float, float] = (0.0, 0.0),
+        max_consecutive_errors: int = 20, progress: bool = True, describe: dict | None = None,
+        config: dict | None = None) -> dict:
+    """Generate (or finish generating) `plan` into `out`; returns the summary also written to <out>/summary.json.
+
+    Raises SynthError (with .summary) when requests were sent and none succeeded: the server is unreachable or
+    refuses every request, and the message names it and the last error."""
     store = OutputStore(out)
+    describe = describe if describe is not None else getattr(generator, "describe", dict)()
     stats, t0 = RunStats(), time.monotonic()
     handle = handler(store)
+    where = (describe or {}).get("base_url") or (describe or {}).get("model") or "the generator"
+    lists, error = None, None
     try:
         step1 = plan.step1()
         todo = [r for r in step1 if r.id not in store.done]
         log.info("step 1: %d of %d brainstorm requests to run", len(todo), len(step1))
-        execute(todo, len(todo), generator, handle, stats, concurrency, max_consecutive_errors, "step 1 tasks",
-                progress)
-        tasks = {k: store.tasks(k, plan.n_tasks) for k in plan.asymmetric}
+        run_step(generator, todo, len(todo), handle, stats, "tasks", out, store, concurrency,
+                 max_consecutive_errors, progress, where)
+        lists = plan.task_lists(store)
+        tasks, dedup = lists
+        write_near_duplicates(out, dedup)
+        for kind, d in dedup.items():
+            log.info("%s: %d task definitions, %d near duplicates removed, %d used", kind, d["candidates"],
+                     d["near_duplicates"], len(tasks[kind]))
         for kind in (k for k, ts in tasks.items() if not ts):
             log.warning("%s: no task definitions (step 1 answers discarded or failed); its examples are skipped. "
                         "See %s/discarded/%s", kind, out, kind_file(kind))
         keys = plan.step2_keys(tasks)
         n_todo = sum(f"{k}/example/{i}" not in store.done for k, i in keys)
         log.info("step 2: %d of %d example requests to run", n_todo, len(keys))
-        execute(plan.step2(tasks, skip=set(store.done)), n_todo, generator, handle, stats, concurrency,
-                max_consecutive_errors, "step 2 examples", progress)
-        stats.status = "finished"
+        run_step(generator, plan.step2(tasks, skip=set(store.done)), n_todo, handle, stats, "example", out, store,
+                 concurrency, max_consecutive_errors, progress, where)
+        stats.status = "finished" if stats.succeeded() or not stats.sent else "failed"
     except BaseException as e:
         stats.status = "stopped" if isinstance(e, (GeneratorError, SynthError)) else "interrupted"
+        error = e
         raise
     finally:
         stats.wall_s = round(time.monotonic() - t0, 1)
-        keys = plan.step2_keys({k: store.tasks(k, plan.n_tasks) for k in plan.asymmetric})  # as planned from disk
+        tasks, dedup = lists or plan.task_lists(store)  # as planned from disk
+        keys = plan.step2_keys(tasks)
         planned = [r.id for r in plan.step1()] + [f"{k}/example/{i}" for k, i in keys]
-        summary = summarize(store, plan_dict(plan), stats.as_dict(), planned, prices_per_1m, describe, config)
+        summary = summarize(store, plan_dict(plan), stats.as_dict(), planned, prices_per_1m, describe, config,
+                            tasks, dedup)
         write_summary(out, summary)
         store.close()
+        if isinstance(error, SynthError):
+            error.summary = summary
+    if stats.status == "failed":
+        raise SynthError(f"no request succeeded: {stats.failed} of {stats.sent} failed against {where} (last error: "
+                         f"{stats.last_error}); check that the server runs there (generator.base_url) and "
+                         "accepts the model and key, then rerun the same command", summary)
     return summary
 
 

@@ -1,6 +1,8 @@
 """Prompt templates and placeholder sampling for the paper's two-step synthetic data (FACTS.md section 4).
 
-Step 1 (asymmetric kinds only): a brainstorm prompt asks for a JSON list of task definitions.
+Step 1 (asymmetric kinds only): a brainstorm prompt asks for a JSON list of task definitions, naming a few domain
+seeds drawn from embed_lm/assets/synth/topics.txt (224 domains) so that thousands of brainstorms do not all return
+the same popular tasks (as later synthetic-data work seeds its prompts).
 Step 2: an example prompt asks for one JSON object with the kind's fields (embed_lm.data.synthetic.FIELDS), with
 placeholders (query type, length, clarity, difficulty, word counts, language) drawn per request. STS and bitext
 skip step 1: their task definition is fixed and their prompt is self-contained.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 from embed_lm.model.instructions import ASYMMETRIC_KINDS
 
@@ -48,6 +52,8 @@ LANGUAGE_TIERS: dict[float, tuple[str, ...]] = {
 LANGUAGES = tuple(lang for tier in LANGUAGE_TIERS.values() for lang in tier)
 LANGUAGE_WEIGHTS = tuple(w for w, tier in LANGUAGE_TIERS.items() for _ in tier)
 
+TOPICS_PER_BRAINSTORM = 3  # domain seeds named in each step-1 prompt (embed_lm/assets/synth/topics.txt)
+
 # fixed task definitions of the one-step kinds (the instructions E5-mistral uses for these task types)
 SYMMETRIC_TASKS = {"sts": "Retrieve semantically similar text.", "bitext": "Retrieve parallel sentences."}
 
@@ -74,7 +80,7 @@ BRAINSTORM_TEMPLATE = """Brainstorm {n} distinct and useful {what}. Two examples
 - {example_1}
 - {example_2}
 Each definition is one sentence, should {must_say}, and should be broad enough to cover many different inputs.
-Vary domains, audiences and intents; be creative.
+Vary domains, audiences and intents; be creative. Draw on these domains and ones close to them: {topics}.
 Answer with a JSON list of {n} strings and nothing else."""
 
 JSON_ONLY = "Answer with the JSON object only, with no explanation."
@@ -193,11 +199,21 @@ def language_of(placeholders: dict[str, str]) -> str:
     return placeholders["language"]
 
 
-def brainstorm_request(kind: str, j: int, n: int) -> Request:
-    """Step 1, request j of `kind`: ask for n task definitions (no random placeholders: the list varies by sampling)."""
+@cache
+def topic_seeds() -> tuple[str, ...]:
+    """The domain seeds of embed_lm/assets/synth/topics.txt (package data; '#' lines are comments)."""
+    text = (Path(__file__).resolve().parents[1] / "assets" / "synth" / "topics.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def brainstorm_request(kind: str, j: int, n: int, seed: int = 0, n_topics: int = TOPICS_PER_BRAINSTORM) -> Request:
+    """Step 1, request j of `kind`: ask for n task definitions around `n_topics` domain seeds drawn by (seed, id)."""
+    rid = f"{kind}/tasks/{j}"
+    topics = ", ".join(request_rng(seed, rid).sample(topic_seeds(), n_topics))
     what, (ex1, ex2), must_say = BRAINSTORM[kind]
-    prompt = BRAINSTORM_TEMPLATE.format(n=n, what=what, example_1=ex1, example_2=ex2, must_say=must_say)
-    return Request(f"{kind}/tasks/{j}", kind, "tasks", prompt, placeholders={"n": str(n)})
+    prompt = BRAINSTORM_TEMPLATE.format(n=n, what=what, example_1=ex1, example_2=ex2, must_say=must_say,
+                                        topics=topics)
+    return Request(rid, kind, "tasks", prompt, placeholders={"n": str(n), "topics": topics})
 
 
 def example_request(kind: str, i: int, task: str | None, seed: int, language: str | None = None) -> Request:
