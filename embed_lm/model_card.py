@@ -72,7 +72,8 @@ def recipe(cfg: dict) -> str:
         f"- optimiser: AdamW lr {o['lr']}, weight decay {o['weight_decay']}, {o['warmup_steps']} warmup steps, "
         f"linear decay; max steps {t.get('max_steps')}, epochs {t.get('max_epochs')}",
         f"- data: `{d.get('name')}` (sources: {', '.join(d.get('sources') or {}) or 'n/a'})",
-        f"- pooling: `{cfg['pooling']['name']}`; instruction style: `{cfg['instruction_style']['_target_'].rsplit('.', 1)[-1]}`",
+        f"- pooling: `{cfg['pooling']['name']}`; instruction style: "
+        f"`{cfg['instruction_style']['_target_'].rsplit('.', 1)[-1]}`",
         f"- gradient checkpointing: {cfg.get('gradient_checkpointing')}; seed {cfg.get('seed')}"])
 
 
@@ -109,7 +110,8 @@ def scores_section(scores: list[dict]) -> str:
         return "No evaluation in the run folder (run `python -m embed_lm.evaluate run=<run> eval=mteb_en`)."
     parts = []
     for r in scores:
-        rows = "\n".join(f"| {t['task']} | {t['task_type']} | {t['main_score']} | {t['score']:.2f} |" for t in r["tasks"])
+        rows = "\n".join(f"| {t['task']} | {t['task_type']} | {t['main_score']} | {t['score']:.2f} |"
+                         for t in r["tasks"])
         avg = "n/a" if r.get("avg") is None else f"{r['avg']:.2f}"
         parts.append(f"Suite `{r['suite']}`: average {avg} over {r.get('n_tasks', len(r['tasks']))} task(s) "
                      f"(x100). Command: `{r.get('command', 'n/a')}`\n\n| task | type | main score | score |\n"
@@ -134,7 +136,8 @@ Queries carry the task instruction, documents none:
 - query prompt: `{prompts["query"]!r}` + the query
 - document prompt: `{prompts["document"]!r}` + the document
 
-Another task: replace the instruction, e.g. `prompt="Instruct: Given a claim, retrieve documents that support it\\nQuery: "`.
+Another task: replace the instruction, e.g.
+`prompt="Instruct: Given a claim, retrieve documents that support it\\nQuery: "`.
 
 ## Usage
 
