@@ -17,7 +17,9 @@ Sections (one table, and JSON with the same rows):
 MFU = model FLOPs (forward + backward of every sequence: embed_lm.plan.estimate.step_flops without recomputation
 or the cached loss's extra pass) / step time / the GPU's peak dense bf16 FLOP/s (PEAK_TFLOPS by device name, or
 --peak-tflops). Planned figures: plan_step of the same shapes at conf/plan.yaml's assumed MFU (0.4).
-Expect under 8 minutes on one H100/H200; the cached step alone is ~1.8e17 FLOPs (the planner prints its time first).
+Time: the cached step alone is ~1.8e17 FLOPs, ~7.7 min at 40% MFU on an H100/H200 (the planner prints it first).
+To stay within --budget-s (default 450 s), a cached step predicted to overrun it (from the measured plain
+throughput) runs at the largest halved batch that fits, and the table and JSON say so; --budget-s 0 always runs 2048.
 """
 
 from __future__ import annotations
@@ -171,6 +173,15 @@ def planned_largest_batch(shape: Shape, seq: int, memory_gb: float | None, max_b
     return best
 
 
+def cached_batch_in_budget(wanted: int, seconds_left: float, plain_tokens_per_s: float, seq: int) -> int:
+    """The largest power-of-two fraction of `wanted` queries whose cached step, predicted from the measured plain
+    throughput (4 passes per sequence vs the plain step's 3 with checkpointing), fits seconds_left."""
+    batch = wanted
+    while batch > 1 and batch * (2 + NEGATIVES) * seq * (4 / 3) / plain_tokens_per_s > seconds_left:
+        batch //= 2
+    return batch
+
+
 def passkey_variants() -> dict[str, tuple[float, int | None]]:
     """conf/passkey_variant/<name>.yaml -> (rope base, sliding window), read from the option files they select."""
     out = {}
@@ -233,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunk", type=int, help="cached loss mini_batch_size (default 32; --tiny 4)")
     ap.add_argument("--passkey-tokens", type=int, help="passkey document length (default 32768; --tiny 256)")
     ap.add_argument("--fsdp-procs", type=int, help="FSDP processes (default: the GPU count; CPU: gloo)")
+    ap.add_argument("--budget-s", type=float, default=450, help="seconds the whole check may take; a cached step "
+                    "predicted (from the plain throughput) to overrun it runs at a smaller batch, said so in the "
+                    "table and JSON (default 450; 0 = no limit)")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak bf16 TFLOP/s (default: PEAK_TFLOPS)")
     args = ap.parse_args(argv)
     tiny = args.tiny
@@ -259,12 +273,21 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=1e-4)
     trials, plain = plain_search(encoder, optimizer, shape, seq, device, max_batch, peak)
     rows = [plain] if plain else []
+    skipped = {}
+    wanted = cached_batch
+    procs = args.fsdp_procs or count
+    if args.budget_s and plain:  # keep ~30 s for the passkey documents, ~90 s more for the FSDP section
+        left = args.budget_s - (time.perf_counter() - start) - 30 - (90 if procs > 1 else 0)
+        cached_batch = cached_batch_in_budget(cached_batch, left, plain["tokens_per_s"], seq)
+        if cached_batch < wanted:
+            skipped[f"cached at {wanted}"] = (f"predicted over --budget-s {args.budget_s:g}; ran {cached_batch} queries "
+                                              "(raise --budget-s for the full batch)")
+            cached_plan = plan_step(shape, LORA_R, cached_batch, NEGATIVES, seq, 1, chunk, True, 2, peak or 989.0)
     with Meter(device) as m:
         loss = train_step(encoder, optimizer, cached_batch, seq, shape.vocab, device, chunk)
     rows.append(step_row("cached", shape, cached_batch, seq, m, loss, peak, cached_plan, chunk))
+    rows[-1]["wanted_global_batch"] = wanted
     free(device)
-    skipped = {}
-    procs = args.fsdp_procs or count
     if procs > 1 and plain:
         from gpu_check_fsdp import fsdp_row
 

@@ -66,4 +66,16 @@ def test_the_batch_search_doubles_up_to_the_largest_fit(result):
     assert all(t["fits"] for t in trials)
     assert result["search"]["largest"] == max(t["batch"] for t in trials if t["fits"])
     assert next(r for r in result["rows"] if r["section"] == "plain")["batch"] == result["search"]["largest"]
-    assert result["device"]["type"] == "cpu" and result["skipped"] == {}
+    assert result["device"]["type"] == "cpu" and result["skipped"] == {}  # nothing cut by the time budget
+    assert next(r for r in result["rows"] if r["section"] == "cached")["wanted_global_batch"] == 8
+
+
+def test_the_cached_batch_is_halved_only_when_it_would_overrun_the_budget():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import cached_batch_in_budget
+
+    # 2048 queries x 3 sequences x 512 tokens x 4/3 passes = 4.19M token-passes: 419 s at 10k tokens/s
+    assert cached_batch_in_budget(2048, 420, 10_000, 512) == 2048
+    assert cached_batch_in_budget(2048, 400, 10_000, 512) == 1024
+    assert cached_batch_in_budget(2048, 1, 10_000, 512) == 4  # 4 x 3 x 512 x 4/3 = 8,192: 0.82 s
+    assert cached_batch_in_budget(2048, 0.01, 10_000, 512) == 1  # never below one query
