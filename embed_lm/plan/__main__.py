@@ -34,7 +34,8 @@ def devices_of(cfg: DictConfig) -> int:
 
 
 def gathers_across_devices(cfg: DictConfig, devices: int) -> bool:
-    return devices > 1 and bool(cfg.loss.get("gather_across_devices", devices > 1))
+    value = cfg.loss.get("gather_across_devices")  # null / absent = on whenever several devices train
+    return devices > 1 and (value is None or bool(value))
 
 
 def plan(cfg: DictConfig) -> dict:
@@ -67,8 +68,12 @@ def plan(cfg: DictConfig) -> dict:
           f"{p.comm['reduce_scatter'] / gb:.3f} GB, all-reduce {p.comm['all_reduce'] / gb:.3f} GB; "
           f"{p.comm_wire_bytes / gb:.2f} GB sent per GPU, {comm_s:.2f} s at {cfg.plan.link_gb_per_s} GB/s "
           "if not overlapped")
-    print(f"largest cached-loss chunk that fits {cfg.plan.gpu_memory_gb} GB (90%): "
-          f"{'none: the weights alone do not fit' if fits == 0 else f'loss=cached_infonce loss.mini_batch_size={fits}'}")
+    if strategy != "ddp":
+        print(f"cached loss: refused with strategy {strategy} (embed_lm/training/strategies.py); use trainer=ddp")
+    else:
+        advice = "none: the weights alone do not fit" if fits == 0 else \
+            f"loss=cached_infonce loss.mini_batch_size={fits}"
+        print(f"largest cached-loss chunk that fits {cfg.plan.gpu_memory_gb} GB (90%): {advice}")
     return {"plan": p, "largest_chunk": fits, "shape": shape}
 
 
