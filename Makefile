@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install demo test train-tiny passkey sweep-table4 table4-report bench clean
+.PHONY: help install demo test train-tiny passkey sweep-table4 table4-report bench gpu-check clean
 PROFILE ?= paper
 SWEEP_DIR ?= sweeps/table4/$(PROFILE)
 PASSKEY_VARIANTS := window4k_base1e4,window32k_base1e4,window32k_base1e5,window32k_base1e6
@@ -44,6 +44,9 @@ bench: install ## benchmarks (print figures, assert nothing): encode vs sentence
 	$(BIN)/python benchmarks/encode_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/passkey_throughput.py
+
+gpu-check: install ## one GPU (or all visible): 7B shapes, LoRA r16, 512 tokens vs the planner -> gpu_check.json; ARGS="--model <dir>"
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf outputs .pytest_cache

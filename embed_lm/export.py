@@ -2,6 +2,7 @@
 
     python -m embed_lm.export run=outputs/train/runs/<run> out=exported/<name>
     python -m embed_lm.export run=<run>/checkpoints/last.ckpt out=<dir> task="Given a claim, ..." dtype=bfloat16
+    python -m embed_lm.export run=<run> out=<dir> card=true push_to_hub=<user>/<name>   # model card + upload
 
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer("exported/<name>")
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(bfloat16 halves a 7B model to ~14 GB; the merge itself runs in float32)")
     p.add_argument("--max-length", type=int, help="max_seq_length of the export (default: the run's)")
     p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier export")
+    p.add_argument("--card", nargs="?", const=True, default=False, type=lambda v: v.lower() in ("1", "true", "yes"),
+                   help="write a model card, README.md (embed_lm/model_card.py): card=true")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="write the card and upload the folder to this hub repo")
     return p
 
 
@@ -102,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.max_length is not None and args.max_length < 2:
         raise UsageError(f"max_length={args.max_length}: must be at least 2")
     prompts = export(args.run, args.out, args.task, args.kind, args.dtype, args.max_length)
+    if args.card or args.push_to_hub:
+        from embed_lm.model_card import publish
+
+        publish(args.run, args.out, prompts, args.card, args.push_to_hub)
     print(f"wrote {args.out}: SentenceTransformer({str(args.out)!r}).encode(texts, prompt_name='query') for "
           f"queries (prompt {prompts['query']!r}), .encode(texts) for documents", file=sys.stderr)
 

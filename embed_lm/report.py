@@ -1,6 +1,8 @@
-"""Reports built from finished runs. Table 4 (the paper's hyperparameter study) from a sweep folder:
+"""Reports built from finished runs. Table 4 (the paper's hyperparameter study) from a sweep folder, and the
+training curves of several runs on the same axes (embed_lm/curves.py):
 
     python -m embed_lm.report table4 sweeps/table4/cpu          # after: make sweep-table4 PROFILE=cpu
+    python -m embed_lm.report runs outputs/train/runs/<a> outputs/train/runs/<b> --out runs.png
 
 Reads every row folder's .hydra/hydra.yaml (which ablation row it is), done.json (finished?) and
 eval/<suite>/scores.json, and writes next to them: table4.md and table4.csv (the paper's row order and columns,
@@ -184,15 +186,32 @@ def table4(sweep: Path, use_wandb: bool = True) -> list[dict]:
     return table
 
 
+def runs(run_dirs: list[Path], out: Path) -> dict:
+    """Loss, learning rate and val nDCG@10 of every run (its csv/metrics.csv) on shared axes; returns what was drawn."""
+    from embed_lm.curves import plot_runs, read_curves
+
+    names = [d.name for d in run_dirs]
+    labels = names if len(set(names)) == len(names) else [str(d) for d in run_dirs]
+    drawn = plot_runs({label: read_curves(d) for label, d in zip(labels, run_dirs)}, out)
+    print(f"wrote {out}: {len(run_dirs)} runs ({', '.join(labels)})")
+    return drawn
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="report", required=True)
     t4 = sub.add_parser("table4", help="Table 4 from a sweep folder")
     t4.add_argument("sweep", type=Path)
     t4.add_argument("--no-wandb", action="store_true")
+    rs = sub.add_parser("runs", help="training curves of several runs on the same axes")
+    rs.add_argument("run_dirs", type=Path, nargs="+", help="run folders (or their csv/metrics.csv)")
+    rs.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write (default: runs.png)")
     args = parser.parse_args(argv)
     try:
-        table4(args.sweep, use_wandb=not args.no_wandb)
+        if args.report == "runs":
+            runs(args.run_dirs, args.out)
+        else:
+            table4(args.sweep, use_wandb=not args.no_wandb)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

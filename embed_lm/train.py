@@ -8,7 +8,8 @@
     python -m embed_lm.train --cfg job                          # print the resolved config
 
 Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter + tokenizer + resolved config),
-csv/metrics.csv, wandb/ (offline unless a key is set), and test_metrics.json.
+csv/metrics.csv and csv/curves.png (python -m embed_lm.report runs <run>... for several), wandb/ (offline
+unless a key is set), and test_metrics.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm import conf_resolvers
+from embed_lm.curves import write_run_curves
 from embed_lm.training import run_record
 from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
 from embed_lm.training.callbacks import SaveEmbedder
@@ -131,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         has_test and cfg.test_after_training) else {k: float(v) for k, v in trainer.callback_metrics.items()}
     if not trainer.is_global_zero:
         return after
+    write_run_curves(output_dir)  # csv/curves.png: loss, learning rate, val nDCG@10 against the step
     if has_test:
         (output_dir / "test_metrics.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
         print(f"\nHeld-out retrieval ({cfg.data.name} test split), run folder {output_dir}:\n"

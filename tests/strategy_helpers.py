@@ -1,0 +1,116 @@
+"""Measure, in a 2-process gloo run, what DDP and FSDP FULL_SHARD really hold per rank and send per step, for the
+planner test (tests/test_plan_strategies.py): bytes of the parameters, gradients and optimiser state each rank
+holds after one training step, and the volume of every collective, counted by wrapping torch.distributed's
+collectives (FSDP, the embedding gather; DDP's C++ reducer is routed through them by its Python all-reduce hook)."""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+from scale_helpers import batch, examples, tiny_encoder
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class CollectiveCounter:
+    """Wraps torch.distributed's collectives while active; volume = the full tensor's bytes (see sharding.py).
+    The embedding gather's backward is a reduce-scatter on NCCL, W scatters on gloo (torch.distributed.nn): counted
+    as reduce_scatter, the root's list being the rank's share."""
+
+    VOLUME = {  # collective -> (kind, bytes of one call from its arguments)
+        "all_gather": ("all_gather", lambda out, x, *a, **k: sum(nbytes(t) for t in out)),
+        "all_gather_single": ("all_gather", lambda out, x, *a, **k: nbytes(out)),
+        "all_gather_into_tensor": ("all_gather", lambda out, x, *a, **k: nbytes(out)),
+        "reduce_scatter_single": ("reduce_scatter", lambda out, x, *a, **k: nbytes(x)),
+        "reduce_scatter_tensor": ("reduce_scatter", lambda out, x, *a, **k: nbytes(x)),
+        "all_to_all": ("reduce_scatter", lambda out, x, *a, **k: sum(nbytes(t) for t in x)),
+        "scatter": ("reduce_scatter", lambda out, x=None, *a, **k: sum(nbytes(t) for t in x or [])),
+        "all_reduce": ("all_reduce", lambda x, *a, **k: nbytes(x)),
+    }
+
+    def __init__(self) -> None:
+        self.volume: dict[str, int] = defaultdict(int)
+        self._saved: dict = {}
+
+    def __enter__(self) -> "CollectiveCounter":
+        for name, (kind, size) in self.VOLUME.items():
+            if not hasattr(dist, name):
+                continue
+            original = self._saved[name] = getattr(dist, name)
+
+            @functools.wraps(original)
+            def counted(*args, _original=original, _kind=kind, _size=size, **kwargs):
+                self.volume[_kind] += _size(*args, **kwargs)
+                return _original(*args, **kwargs)
+
+            setattr(dist, name, counted)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, original in self._saved.items():
+            setattr(dist, name, original)
+
+
+
+def wrap(encoder, strategy: str, counter: CollectiveCounter):
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        model = DistributedDataParallel(encoder)
+        model.register_comm_hook(None, allreduce_hook)  # DDP's default, but through dist.all_reduce: counted
+        return model
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
+    from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+
+    def trainable_leaf(module) -> bool:  # PEFT's fsdp_auto_wrap_policy: LoRA layers in their own (fp32) units
+        return not list(module.children()) and getattr(module, "weight", None) is not None \
+            and module.weight.requires_grad
+
+    policy = functools.partial(_or_policy, policies=[
+        functools.partial(lambda_auto_wrap_policy, lambda_fn=trainable_leaf),
+        functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={MistralDecoderLayer})])
+    return FullyShardedDataParallel(encoder, auto_wrap_policy=policy, use_orig_params=True,
+                                    sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=torch.device("cpu"))
+
+
+def held(params, trainable: bool) -> int:
+    return sum(nbytes(p) for p in params if p.requires_grad == trainable)
+
+
+def strategy_worker(rank: int, world_size: int, init_file: str, out_dir: str, per_rank: int) -> None:
+    """One rank: for ddp and fsdp, one training step (plain InfoNCE with cross-device negatives, gradient
+    checkpointing, AdamW); rank r saves what it held and what was communicated to <out_dir>/rank<r>.pt."""
+    from embed_lm.training.losses.infonce import InfoNCELoss
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    data = batch(examples(world_size * per_rank)[rank * per_rank:(rank + 1) * per_rank])
+    results = {}
+    for strategy in ("ddp", "fsdp"):
+        counter = CollectiveCounter()
+        model = wrap(tiny_encoder(checkpointing=True), strategy, counter)
+        params = list(model.parameters())
+        optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
+        with counter:
+            q, d = model(data["queries"]), model(data["documents"])  # (B, D), (2B, D)
+            loss = InfoNCELoss(0.02, gather_across_devices=True)(q, d[:per_rank], d[per_rank:])
+            loss.backward()
+            optimizer.step()
+        results[strategy] = {
+            "frozen_param_bytes": held(params, False), "lora_param_bytes": held(params, True),
+            "grad_bytes": sum(nbytes(p.grad) for p in params if p.grad is not None),
+            "optim_bytes": sum(nbytes(t) for s in optimizer.state.values() for t in s.values()
+                               if torch.is_tensor(t) and t.dim() > 0),  # AdamW's step counters are scalars
+            "comm": dict(counter.volume), "documents": d.size(0), "dim": d.size(1)}
+        dist.barrier()
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
