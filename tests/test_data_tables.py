@@ -123,3 +123,26 @@ def test_the_dataset_pickles_by_path_not_by_content(tmp_path):
     text_bytes = sum(len(r["positive_document"]) for r in rows)
     assert len(pickle.dumps(dm.dataset)) < text_bytes / 10  # what a DataLoader worker receives
     assert pickle.loads(pickle.dumps(dm.dataset))[7] == dm.dataset[7]
+
+
+def test_pretokenised_batches_equal_the_tokenised_ones(tmp_path, tiny_mistral):
+    from embed_lm.data.datamodule import PairCollator
+    from embed_lm.model.collator import TextCollator
+    from embed_lm.model.instructions import NaturalInstruction
+
+    collator, style = TextCollator(tiny_mistral.tokenizer, 24, True), NaturalInstruction()
+    marco = MsMarcoSource("m", collection=str(SAMPLE / "train/msmarco/collection.tsv"),
+                          queries=str(SAMPLE / "train/msmarco/queries.train.tsv"),
+                          qrels=str(SAMPLE / "train/msmarco/qrels.train.tsv"), max_examples=40)  # fills negatives
+    sources = {"m": marco, "s": SyntheticSource("s", synthetic_dir(tmp_path, per_kind=10))}
+    plain, fast = (ContrastiveDataModule("t", sources, collator, style, negatives_per_query=1, pretokenize=p,
+                                         cache_dir=str(tmp_path / "c")) for p in (False, True))
+    fast.prepare_data()
+    plain.setup("fit"), fast.setup("fit")
+    collate = PairCollator(collator, style)
+    for rows in ([0, 5, 39], [40, 45, 59], [60, 61, 79]):  # MS-MARCO ids, two synthetic kinds
+        a, b = collate([plain.dataset[i] for i in rows]), collate([fast.dataset[i] for i in rows])
+        assert all(fast.dataset[i].tokens is not None for i in rows)
+        for key in ("queries", "documents"):
+            for name in ("input_ids", "attention_mask", "instruction_mask"):
+                assert getattr(a[key], name).equal(getattr(b[key], name)), (rows, key, name)

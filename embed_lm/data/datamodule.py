@@ -32,6 +32,7 @@ from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample
 from embed_lm.data.sampler import MixtureBatchSampler
+from embed_lm.data.pretokenize import pretokenize
 from embed_lm.data.tables import ExampleTable, ensure_built
 from embed_lm.model.instructions import InstructionStyle
 
@@ -86,12 +87,17 @@ class MixtureDataset(Dataset):
         part, i = self.parts[k], index - int(self.offsets[k])
         ex = part.table.example(part.row(i))
         negatives = list(ex.negatives[: self.n])
+        tokens = None if ex.tokens is None else list(ex.tokens[2][: self.n])
         if len(negatives) < self.n and len(part) > 1:
             rng = random.Random(self.seed * 1_000_003 + index)
             while len(negatives) < self.n:
                 j = rng.randrange(len(part) - 1)
-                negatives.append(part.table.positive(part.row(j + (j >= i))))
-        return replace(ex, negatives=tuple(negatives))
+                text, text_tokens = part.table.positive(part.row(j + (j >= i)))
+                negatives.append(text)
+                if tokens is not None:
+                    tokens.append(text_tokens)
+        return replace(ex, negatives=tuple(negatives),
+                       tokens=None if tokens is None else (ex.tokens[0], ex.tokens[1], tuple(tokens)))
 
 
 def text_ids(texts: list[str]) -> torch.Tensor:
@@ -108,12 +114,17 @@ class PairCollator:
         self.collator, self.style = collator, style
 
     def __call__(self, examples: list[TrainExample]) -> dict[str, TokenizedBatch | torch.Tensor]:
-        queries = self.collator([self.style.query_prefix(e.task, e.task_kind) for e in examples],
-                                [e.query for e in examples])  # (B, Lq)
         docs = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
-        doc_prefixes = [self.style.document_prefix(e.task, e.task_kind) for e in examples]
-        doc_prefixes += [p for e, p in zip(examples, doc_prefixes) for _ in e.negatives]
-        return {"queries": queries, "documents": self.collator(doc_prefixes, docs),  # documents (M, Ld)
+        if all(e.tokens is not None for e in examples):  # pre-tokenised (data.pretokenize): only pad
+            queries = self.collator.pad([e.tokens[0] for e in examples])  # (B, Lq)
+            documents = self.collator.pad([e.tokens[1] for e in examples] + [n for e in examples for n in e.tokens[2]])
+        else:
+            queries = self.collator([self.style.query_prefix(e.task, e.task_kind) for e in examples],
+                                    [e.query for e in examples])  # (B, Lq)
+            doc_prefixes = [self.style.document_prefix(e.task, e.task_kind) for e in examples]
+            doc_prefixes += [p for e, p in zip(examples, doc_prefixes) for _ in e.negatives]
+            documents = self.collator(doc_prefixes, docs)  # (M, Ld)
+        return {"queries": queries, "documents": documents,
                 "query_ids": text_ids([e.query for e in examples]), "doc_ids": text_ids(docs)}  # (B,), (M,)
 
 
@@ -154,7 +165,7 @@ class ContrastiveDataModule(L.LightningDataModule):
                  instruction_style: InstructionStyle, batch_size: int = 32, negatives_per_query: int = 1,
                  single_source_batches: bool = True, dev: BeirSplit | None = None, test: BeirSplit | None = None,
                  eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0, max_length: int = 512,
-                 cache_dir: str = ".cache/data") -> None:
+                 cache_dir: str = ".cache/data", pretokenize: bool = False) -> None:
         super().__init__()
         if not sources:
             raise ValueError("data.sources is empty: configure at least one training source")
@@ -166,7 +177,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.split_specs = {"val": dev, "test": test}
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.max_length = max_length  # the collator was built with it; kept for the record
-        self.cache_dir = cache_dir
+        self.cache_dir, self.pretokenize = cache_dir, pretokenize
         self.dataset: MixtureDataset | None = None
         self.splits: dict[str, RetrievalSplit] = {}
 
@@ -181,13 +192,19 @@ class ContrastiveDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Parse every source into its Arrow cache (Lightning runs this on local rank 0; the others wait)."""
         for source in self.sources.values():
-            ensure_built(source, self.cache_dir)
+            self._table(source)
+
+    def _table(self, source: TrainSource) -> ExampleTable:
+        """Memory-map the source's table, building it (and its tokens, with data.pretokenize) if not cached yet."""
+        folder = ensure_built(source, self.cache_dir)
+        table = source.open(folder)
+        return pretokenize(table, folder, self.collator, self.style) if self.pretokenize else table
 
     def parts(self) -> list[Part]:
         """Memory-map each source's table and split it into its sampling parts (e.g. one per synthetic kind)."""
         parts = []
         for name, source in self.sources.items():
-            table = source.open(ensure_built(source, self.cache_dir))  # built already unless prepare_data was skipped
+            table = self._table(source)  # built already unless prepare_data was skipped
             if len(table) == 0:
                 raise ValueError(f"data source '{name}' produced no training examples")
             split = source.parts(table) if hasattr(source, "parts") else [(name, None, 1.0)]

@@ -13,7 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ class TrainExample:
     negatives: tuple[str, ...]
     task: str
     task_kind: str
+    # pre-tokenised (data.pretokenize): ((ids, flags) of the query, of the positive, of each negative); else None
+    tokens: tuple | None = field(default=None, compare=False, repr=False)
 
 
 class DataFormatError(ValueError):

@@ -112,6 +112,7 @@ class ExampleTable:
                  ) -> None:
         self.examples, self.queries, self.passages = examples, queries, passages
         self.task, self.task_kind = task, task_kind
+        self.tokens = self.query_tokens = self.passage_tokens = None  # set by pretokenize.pretokenize
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -119,14 +120,29 @@ class ExampleTable:
     def example(self, i: int) -> TrainExample:
         row = self.examples[int(i)]
         if self.passages is None:
-            return TrainExample(row["query"], row["positive"], tuple(row["negatives"]), row["task"], row["task_kind"])
+            tokens = None
+            if self.tokens is not None:
+                t = self.tokens[int(i)]
+                tokens = ((t["query_tokens"], t["query_flags"]), (t["positive_tokens"], t["positive_flags"]),
+                          tuple(zip(t["negative_tokens"], t["negative_flags"])))
+            return TrainExample(row["query"], row["positive"], tuple(row["negatives"]), row["task"], row["task_kind"],
+                                tokens)
         text = self.passages.data.column("text")
+        tokens = None if self.passage_tokens is None else (
+            _row_tokens(self.query_tokens, row["query"]), _row_tokens(self.passage_tokens, row["positive"]),
+            tuple(_row_tokens(self.passage_tokens, j) for j in row["negatives"]))
         return TrainExample(self.queries.data.column("text")[row["query"]].as_py(), text[row["positive"]].as_py(),
-                            tuple(text[j].as_py() for j in row["negatives"]), self.task, self.task_kind)
+                            tuple(text[j].as_py() for j in row["negatives"]), self.task, self.task_kind, tokens)
 
-    def positive(self, i: int) -> str:
+    def positive(self, i: int) -> tuple[str, tuple | None]:
+        """Example i's positive text and, when pre-tokenised, its (ids, flags)."""
         value = self.examples.data.column("positive")[int(i)].as_py()
-        return value if self.passages is None else self.passages.data.column("text")[value].as_py()
+        if self.passages is None:
+            tokens = None if self.tokens is None else (self.tokens.data.column("positive_tokens")[int(i)].as_py(),
+                                                       self.tokens.data.column("positive_flags")[int(i)].as_py())
+            return value, tokens
+        tokens = None if self.passage_tokens is None else _row_tokens(self.passage_tokens, value)
+        return self.passages.data.column("text")[value].as_py(), tokens
 
     def negative_counts(self) -> np.ndarray:
         """(n,) number of hard negatives per example, without decoding any text."""
@@ -135,6 +151,10 @@ class ExampleTable:
 
     def column(self, name: str) -> pa.ChunkedArray:
         return self.examples.data.column(name)
+
+
+def _row_tokens(table: datasets.Dataset, row: int) -> tuple[list[int], list[int]]:
+    return table.data.column("tokens")[row].as_py(), table.data.column("flags")[row].as_py()
 
 
 class RowSource:
