@@ -149,3 +149,87 @@ def test_bundled_sample_loads_in_both_formats_and_beir(compose_cfg):
 def test_beir_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
         BeirSplit(str(tmp_path), "test", "task").check()
+
+
+# --- readers never corrupt or drop silently (issue 11) ------------------------------------------------------------
+def ids_source(d, triples="triples.tsv", **kw):
+    return MsMarcoSource("m", collection=str(d / "collection.tsv"), queries=str(d / "queries.tsv"),
+                         triples=str(d / triples), **kw)
+
+
+def test_tab_inside_a_passage_is_kept(marco):
+    (marco / "collection.tsv").write_text("0\tparis\tis the capital\n1\tberlin is in germany\n2\tthe sky is blue\n")
+    ex = ids_source(marco).load()
+    assert ex[0].positive == "paris\tis the capital" and ex[1].negatives == ("paris\tis the capital",)
+
+
+def test_text_triples_with_a_wrong_column_count_name_the_line(tmp_path):
+    (tmp_path / "t.tsv").write_text("q\tp\tn\nq2\tpos with\ta tab\tn2\n")
+    with pytest.raises(DataFormatError, match=r"t.tsv:2: expected 3 tab-separated columns, found 4"):
+        MsMarcoSource("m", triples=str(tmp_path / "t.tsv")).load()
+    (e,) = MsMarcoSource("m", triples=str(tmp_path / "t.tsv"), skip_invalid=True).load()
+    assert e.query == "q"
+
+
+@pytest.mark.parametrize("file, content, field", [
+    ("collection.tsv", "0\tparis is the capital of france\n1\tberlin is in germany\n2\t \n", "passage"),
+    ("queries.tsv", "10\tcapital of france\n11\t\n", "query"),
+])
+def test_empty_texts_are_errors_or_counted_skips(marco, file, content, field, caplog):
+    (marco / file).write_text(content)
+    with pytest.raises(DataFormatError, match=rf"{file}:\d+: field '{field}' is empty"):
+        ids_source(marco).load()
+    kept = ids_source(marco, skip_invalid=True).load()  # the line is skipped, then the pair that needs it
+    assert len(kept) == 1 and "skipped 2 invalid lines" in caplog.text
+
+
+def test_empty_text_triple_cell_is_an_error(tmp_path):
+    (tmp_path / "t.tsv").write_text("q\t\tn\n")
+    with pytest.raises(DataFormatError, match=r"t.tsv:1: field 'positive' is empty"):
+        MsMarcoSource("m", triples=str(tmp_path / "t.tsv")).load()
+
+
+def test_repeated_pid_with_another_text_is_an_error_same_text_is_fine(marco):
+    with (marco / "collection.tsv").open("a") as f:
+        f.write("0\tparis is the capital of france\n")  # the same text again: fine
+    assert len(ids_source(marco).load()) == 2
+    with (marco / "collection.tsv").open("a") as f:
+        f.write("2\ta different text\n")
+    with pytest.raises(DataFormatError, match=r"collection.tsv:5: field 'id' '2' repeats line 3 with a different"):
+        ids_source(marco).load()
+    assert ids_source(marco, skip_invalid=True).load()[0].negatives == ("the sky is blue",)  # the first is kept
+
+
+def test_every_positive_of_a_jsonl_line_is_used(tmp_path):
+    write_jsonl(tmp_path / "m.jsonl", [{"query": "q", "positives": ["A", "B", "C"], "negatives": ["n"]}])
+    ex = MsMarcoSource("m", jsonl=str(tmp_path / "m.jsonl")).load()
+    assert [(e.query, e.positive, e.negatives) for e in ex] == [("q", p, ("n",)) for p in "ABC"]
+
+
+def test_non_utf8_byte_names_the_line_and_skip_invalid_skips_it(tmp_path, marco):
+    path = tmp_path / "sts.jsonl"
+    good = json.dumps(ONE_OF_EACH["sts.jsonl"]).encode()
+    path.write_bytes(good + b"\n" + good.replace(b'"q"', b'"\xff"') + b"\n" + good + b"\n")
+    with pytest.raises(DataFormatError, match=r"sts.jsonl:2: not valid UTF-8 \(byte 0xff"):
+        SyntheticSource("s", str(path)).load()
+    assert len(SyntheticSource("s", str(path), skip_invalid=True).load()) == 2
+    (marco / "queries.tsv").write_bytes(b"10\tcapital of france\n11\twhere is b\xe9rlin\n")
+    with pytest.raises(DataFormatError, match=r"queries.tsv:2: not valid UTF-8"):
+        ids_source(marco).load()
+
+
+@pytest.mark.parametrize("make", ["synthetic", "jsonl", "text triples", "ids triples"])
+def test_an_empty_training_file_is_named(tmp_path, marco, make):
+    empty = tmp_path / "short_long.jsonl"
+    empty.write_text("\n")
+    if make == "synthetic":
+        source = SyntheticSource("s", str(empty))
+    elif make == "jsonl":
+        source = MsMarcoSource("m", jsonl=str(empty))
+    elif make == "text triples":
+        source = MsMarcoSource("m", triples=str(empty))
+    else:
+        (marco / "triples.tsv").write_text("")
+        source, empty = ids_source(marco), marco / "triples.tsv"
+    with pytest.raises(ValueError, match=rf"{empty}: no training examples in this file \(it is empty\)"):
+        source.load()

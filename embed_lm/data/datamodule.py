@@ -5,65 +5,127 @@ backbone's TextCollator with the chosen instruction style.
     python -m embed_lm.train data=msmarco_only data.sources.msmarco.collection=/data/msmarco/collection.tsv
 
 Training batch (dict): queries TokenizedBatch (B, L) and documents TokenizedBatch (M, L), M = B * (1 + N): the B
-positives first, then each query's N hard negatives in query order. Every example gets exactly N negatives: extra
-ones are dropped, missing ones are filled with other examples' positives from the same source (counted, logged).
+positives first, then each query's N hard negatives in query order; query_ids (B,) and doc_ids (M,), 64-bit hashes
+of the texts, with which the loss masks duplicates (a copy of a query's positive is not its negative). Every example
+gets exactly N negatives: extra ones are dropped, missing ones are filled with other examples' positives from the
+same part (counted, logged). Sources are Arrow tables cached under `data.cache_dir` (embed_lm/data/tables.py),
+built by `prepare_data` on local rank 0 and memory-mapped by every rank and worker.
 Eval batch: (indices (b,), TokenizedBatch) over queries (dataloader 0) and corpus (dataloader 1), length-sorted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample
 from embed_lm.data.sampler import MixtureBatchSampler
+from embed_lm.data.pretokenize import pretokenize
+from embed_lm.data.tables import ExampleTable, ensure_built
 from embed_lm.model.instructions import InstructionStyle
 
 log = logging.getLogger(__name__)
 
 
 class TrainSource(Protocol):
+    """What `data.sources.<name>` provides: see the source interface in embed_lm/data/tables.py."""
+
     name: str
     ratio: float | None
 
     def check(self) -> None: ...
 
-    def load(self) -> list[TrainExample]: ...
+    def cache_key(self) -> dict: ...
+
+    def build(self, out: Path) -> None: ...
+
+    def open(self, out: Path) -> ExampleTable: ...
 
 
-def fix_negative_count(examples: list[TrainExample], n: int, rng: random.Random) -> tuple[list[TrainExample], int]:
-    """Give every example exactly n negatives; returns the examples and how many negatives were filled randomly."""
-    filled, out = 0, []
-    for i, ex in enumerate(examples):
-        negatives = list(ex.negatives[:n])
-        while len(negatives) < n and len(examples) > 1:
-            j = rng.randrange(len(examples) - 1)
-            negatives.append(examples[j + (j >= i)].positive)
-            filled += 1
-        out.append(replace(ex, negatives=tuple(negatives)))
-    return out, filled
+@dataclass
+class Part:
+    """One sampling source: rows of a source's table (a task kind of the synthetic source, or all of MS-MARCO)."""
+
+    name: str
+    table: ExampleTable
+    rows: np.ndarray | None  # (n,) row numbers into table; None = every row
+    ratio: float
+
+    def __len__(self) -> int:
+        return len(self.table) if self.rows is None else len(self.rows)
+
+    def row(self, i: int) -> int:
+        return i if self.rows is None else int(self.rows[i])
+
+
+class MixtureDataset(Dataset):
+    """Global index -> TrainExample over the concatenated parts, each with exactly n negatives: extra ones are
+    dropped, missing ones are other examples' positives from the same part, drawn from a generator seeded by
+    (seed, index), so the fill is the same in every epoch, rank and worker without being stored."""
+
+    def __init__(self, parts: list[Part], negatives_per_query: int, seed: int) -> None:
+        self.parts, self.n, self.seed = parts, negatives_per_query, seed
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])  # (P + 1,)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> TrainExample:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        part, i = self.parts[k], index - int(self.offsets[k])
+        ex = part.table.example(part.row(i))
+        negatives = list(ex.negatives[: self.n])
+        tokens = None if ex.tokens is None else list(ex.tokens[2][: self.n])
+        if len(negatives) < self.n and len(part) > 1:
+            rng = random.Random(self.seed * 1_000_003 + index)
+            while len(negatives) < self.n:
+                j = rng.randrange(len(part) - 1)
+                text, text_tokens = part.table.positive(part.row(j + (j >= i)))
+                negatives.append(text)
+                if tokens is not None:
+                    tokens.append(text_tokens)
+        return replace(ex, negatives=tuple(negatives),
+                       tokens=None if tokens is None else (ex.tokens[0], ex.tokens[1], tuple(tokens)))
+
+
+def text_ids(texts: list[str]) -> torch.Tensor:
+    """(n,) int64: a 64-bit hash of each text; equal texts get equal ids (the loss masks duplicates with them)."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True)
+                         for t in texts], dtype=torch.long)
 
 
 class PairCollator:
+    """Examples -> queries (B, L), documents (M, L) and the text ids the loss uses to mask duplicates:
+    query_ids (B,) of the query texts, doc_ids (M,) of the document texts in document order."""
+
     def __init__(self, collator: TextCollator, style: InstructionStyle) -> None:
         self.collator, self.style = collator, style
 
-    def __call__(self, examples: list[TrainExample]) -> dict[str, TokenizedBatch]:
-        queries = self.collator([self.style.query_prefix(e.task, e.task_kind) for e in examples],
-                                [e.query for e in examples])  # (B, Lq)
+    def __call__(self, examples: list[TrainExample]) -> dict[str, TokenizedBatch | torch.Tensor]:
         docs = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
-        doc_prefixes = [self.style.document_prefix(e.task, e.task_kind) for e in examples]
-        doc_prefixes += [p for e, p in zip(examples, doc_prefixes) for _ in e.negatives]
-        return {"queries": queries, "documents": self.collator(doc_prefixes, docs)}  # documents (M, Ld)
+        if all(e.tokens is not None for e in examples):  # pre-tokenised (data.pretokenize): only pad
+            queries = self.collator.pad([e.tokens[0] for e in examples])  # (B, Lq)
+            documents = self.collator.pad([e.tokens[1] for e in examples] + [n for e in examples for n in e.tokens[2]])
+        else:
+            queries = self.collator([self.style.query_prefix(e.task, e.task_kind) for e in examples],
+                                    [e.query for e in examples])  # (B, Lq)
+            doc_prefixes = [self.style.document_prefix(e.task, e.task_kind) for e in examples]
+            doc_prefixes += [p for e, p in zip(examples, doc_prefixes) for _ in e.negatives]
+            documents = self.collator(doc_prefixes, docs)  # (M, Ld)
+        return {"queries": queries, "documents": documents,
+                "query_ids": text_ids([e.query for e in examples]), "doc_ids": text_ids(docs)}  # (B,), (M,)
 
 
 class EvalCollator:
@@ -102,18 +164,21 @@ class ContrastiveDataModule(L.LightningDataModule):
     def __init__(self, name: str, sources: dict[str, TrainSource], collator: TextCollator,
                  instruction_style: InstructionStyle, batch_size: int = 32, negatives_per_query: int = 1,
                  single_source_batches: bool = True, dev: BeirSplit | None = None, test: BeirSplit | None = None,
-                 eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0, max_length: int = 512) -> None:
+                 eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0, max_length: int = 512,
+                 cache_dir: str = ".cache/data", pretokenize: bool = False) -> None:
         super().__init__()
         if not sources:
             raise ValueError("data.sources is empty: configure at least one training source")
+        if not isinstance(negatives_per_query, int) or negatives_per_query < 0:
+            raise ValueError(f"data.negatives_per_query must be an integer >= 0, got {negatives_per_query!r}")
         self.name, self.sources, self.collator, self.style = name, dict(sources), collator, instruction_style
         self.batch_size, self.negatives_per_query = batch_size, negatives_per_query
         self.single_source_batches, self.seed = single_source_batches, seed
         self.split_specs = {"val": dev, "test": test}
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.max_length = max_length  # the collator was built with it; kept for the record
-        self.examples: list[TrainExample] = []
-        self.sizes: list[int] = []
+        self.cache_dir, self.pretokenize = cache_dir, pretokenize
+        self.dataset: MixtureDataset | None = None
         self.splits: dict[str, RetrievalSplit] = {}
 
     def check(self) -> None:
@@ -124,19 +189,41 @@ class ContrastiveDataModule(L.LightningDataModule):
             if spec is not None:
                 spec.check()
 
+    def prepare_data(self) -> None:
+        """Parse every source into its Arrow cache (Lightning runs this on local rank 0; the others wait)."""
+        for source in self.sources.values():
+            self._table(source)
+
+    def _table(self, source: TrainSource) -> ExampleTable:
+        """Memory-map the source's table, building it (and its tokens, with data.pretokenize) if not cached yet."""
+        folder = ensure_built(source, self.cache_dir)
+        table = source.open(folder)
+        return pretokenize(table, folder, self.collator, self.style) if self.pretokenize else table
+
+    def parts(self) -> list[Part]:
+        """Memory-map each source's table and split it into its sampling parts (e.g. one per synthetic kind)."""
+        parts = []
+        for name, source in self.sources.items():
+            table = self._table(source)  # built already unless prepare_data was skipped
+            if len(table) == 0:
+                raise ValueError(f"data source '{name}' produced no training examples")
+            split = source.parts(table) if hasattr(source, "parts") else [(name, None, 1.0)]
+            ratio = source.ratio if source.ratio is not None else float(len(table))
+            total = sum(w for _, _, w in split)
+            for part_name, rows, weight in split:
+                part = Part(part_name, table, rows, ratio * weight / total if total else 0.0)
+                missing = int(np.clip(self.negatives_per_query - part.table.negative_counts()[
+                    slice(None) if rows is None else rows], 0, None).sum())
+                if missing:
+                    log.warning("source %s: %d hard negatives were missing; filled with other examples' positives "
+                                "from the same source", part_name, missing)
+                log.info("source %s: %d training examples, sampling weight %.3g", part_name, len(part), part.ratio)
+                parts.append(part)
+        return parts
+
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and not self.examples:
-            rng = random.Random(self.seed)
-            for name, source in self.sources.items():
-                examples, filled = fix_negative_count(source.load(), self.negatives_per_query, rng)
-                if not examples:
-                    raise ValueError(f"data source '{name}' produced no training examples")
-                if filled:
-                    log.warning("source %s: %d hard negatives were missing; filled them with other examples' "
-                                "positives from the same source", name, filled)
-                log.info("source %s: %d training examples", name, len(examples))
-                self.examples += examples
-                self.sizes.append(len(examples))
+        if stage in (None, "fit") and self.dataset is None:
+            self.dataset = MixtureDataset(self.parts(), self.negatives_per_query, self.seed)
         for stage_name, spec in self.split_specs.items():
             if spec is not None and stage_name not in self.splits and stage in (None, "fit", "validate", "test"):
                 self.splits[stage_name] = spec.load()
@@ -147,14 +234,14 @@ class ContrastiveDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
-        ratios = [s.ratio if s.ratio is not None else n for s, n in zip(self.sources.values(), self.sizes)]
-        sampler = MixtureBatchSampler(self.sizes, ratios, self.batch_size, self.single_source_batches, self.seed,
-                                      rank, world)
+        parts = self.dataset.parts
+        sampler = MixtureBatchSampler([len(p) for p in parts], [p.ratio for p in parts], self.batch_size,
+                                      self.single_source_batches, self.seed, rank, world, [p.name for p in parts])
 
         def batches_done() -> int:
             return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
-        return ResumableDataLoader(self.examples, batch_sampler=sampler, num_workers=self.num_workers,
+        return ResumableDataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                    collate_fn=PairCollator(self.collator, self.style), batches_done=batches_done)
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:

@@ -6,19 +6,37 @@
 3. jsonl: one object a line with `query`, `positive` (or `positives` / `pos`, a string or a list) and optionally
           `negative` (or `negatives` / `neg`).
 
-Only passages that some training pair uses are kept in memory while the collection is streamed.
+Strictness (every rule names file:line, or skips and counts the line under skip_invalid):
+- collection/queries: split on the first tab only, so a passage may contain tabs; an empty text is an error; a
+  repeated id with a different text is an error (the same text again is fine and stored once).
+- triples and qrels: exactly 3 / 4 columns (a tab inside a text-triples passage would shift the columns), no empty
+  cell, every id present in collection/queries.
+- several positives (jsonl list): ONE EXAMPLE PER POSITIVE, each with the line's negatives, so every positive is
+  trained on in every epoch (identical queries in one batch are masked as each other's negatives by the loss).
+- a file without any example is an error naming it.
+
+The ids format is stored as row references: the collection and queries are Arrow tables (memory-mapped, looked up by
+row), the examples table holds only row numbers, so 8.8M passages cost no Python objects and no per-rank copies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from embed_lm.data.records import (DataFormatError, SkipCounter, TrainExample, expand_paths, read_jsonl, read_tsv,
-                                   text_field)
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
+from embed_lm.data.tables import ExampleTable, RowSource, no_examples_error, open_arrow, write_arrow
 
 MSMARCO_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 POSITIVE_KEYS = ("positive", "positives", "pos")
 NEGATIVE_KEYS = ("negative", "negatives", "neg")
+ID_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("line", pa.int64())])
+REF_SCHEMA = pa.schema([("query", pa.int64()), ("positive", pa.int64()), ("negatives", pa.list_(pa.int64()))])
+CHUNK = 1_000_000  # id pairs resolved per vectorised lookup
 
 
 def _texts(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, required: bool) -> tuple[str, ...]:
@@ -34,7 +52,7 @@ def _texts(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, required: 
     return tuple(values)
 
 
-class MsMarcoSource:
+class MsMarcoSource(RowSource):
     """`data.sources.msmarco`: set collection+queries+(triples|qrels), or triples alone (text), or jsonl."""
 
     def __init__(self, name: str, collection: str | None = None, queries: str | None = None,
@@ -54,26 +72,34 @@ class MsMarcoSource:
                  "triples": self.triples}
         return {k: expand_paths(v, f"{opt}.{k}")[0] for k, v in names.items() if v}
 
-    def check(self) -> None:
+    def files(self) -> list[Path]:
         if self.jsonl is not None:
-            expand_paths(self.jsonl, f"data.sources.{self.name}.jsonl")
-        else:
-            self._files()
+            return expand_paths(self.jsonl, f"data.sources.{self.name}.jsonl")
+        return list(self._files().values())
 
-    def load(self) -> list[TrainExample]:
-        skips = SkipCounter(self.skip_invalid)
+    def options(self) -> dict:
+        return {"task": self.task, "layout": "jsonl" if self.jsonl is not None else
+                "text triples" if not self.collection else "ids", "qrels": bool(self.qrels and not self.triples)}
+
+    # --- text layouts (jsonl, text triples): RowSource writes the rows -----------------------------------
+    def rows(self, skips: SkipCounter) -> Iterator[dict]:
         if self.jsonl is not None:
-            examples = self._load_jsonl(skips)
-        elif not self.collection:
-            examples = self._load_text_triples(skips)
+            yield from self._jsonl_rows(skips)
         else:
-            examples = self._load_ids(skips)
-        skips.report(self.name)
-        return examples[: self.max_examples] if self.max_examples else examples
+            path, count = self._files()["triples"], 0
+            for _, (q, p, n) in read_tsv(path, 3, skips, names=("query", "positive", "negative")):
+                count += 1
+                yield self._row(q, p, (n,))
+            if count == 0:
+                raise no_examples_error(path, self.name, bool(skips.reasons))
 
-    def _load_jsonl(self, skips: SkipCounter) -> list[TrainExample]:
-        out = []
-        for path in expand_paths(self.jsonl, f"data.sources.{self.name}.jsonl"):
+    def _row(self, query: str, positive: str, negatives: tuple[str, ...]) -> dict:
+        return {"query": query, "positive": positive, "negatives": list(negatives), "task": self.task,
+                "task_kind": "short-long"}
+
+    def _jsonl_rows(self, skips: SkipCounter) -> Iterator[dict]:
+        for path in self.files():
+            count, before = 0, sum(skips.reasons.values())
             for lineno, obj in read_jsonl(path, skips):
                 try:
                     query = text_field(obj, "query", path, lineno)
@@ -82,38 +108,107 @@ class MsMarcoSource:
                 except DataFormatError as e:
                     skips.handle(e)
                     continue
-                out.append(TrainExample(query, positives[0], negatives, self.task, "short-long"))
-        return out
+                for positive in positives:  # one example per positive (see the module docstring)
+                    count += 1
+                    yield self._row(query, positive, negatives)
+            if count == 0:
+                raise no_examples_error(path, self.name, sum(skips.reasons.values()) > before)
 
-    def _load_text_triples(self, skips: SkipCounter) -> list[TrainExample]:
-        path = self._files()["triples"]
-        return [TrainExample(q, p, (n,), self.task, "short-long") for _, (q, p, n, *_) in read_tsv(path, 3, skips)]
+    # --- ids layout: Arrow tables of texts + an examples table of row references --------------------------
+    def build(self, out: Path) -> None:
+        if self.collection is None:
+            return super().build(out)
+        files, skips = self._files(), SkipCounter(self.skip_invalid)
+        for what, field in (("collection", "passage"), ("queries", "query")):
+            rows = ({"id": i, "text": t, "line": n}
+                    for n, (i, t) in read_tsv(files[what], 2, skips, text_last=True, names=("id", field)))
+            if write_arrow(out / f"{what}.arrow", ID_SCHEMA, rows) == 0:
+                raise no_examples_error(files[what], self.name, bool(skips.reasons))
+            check_unique_ids(open_arrow(out / f"{what}.arrow").data.table, files[what], skips)
+        pids = open_arrow(out / "collection.arrow").data.column("id").combine_chunks()
+        qids = open_arrow(out / "queries.arrow").data.column("id").combine_chunks()
+        pairs = self._id_pairs(files, skips)
+        n = write_arrow(out / "examples.arrow", REF_SCHEMA, resolve_ids(pairs, qids, pids, files, skips))
+        if n == 0:
+            raise no_examples_error(files.get("triples") or files["qrels"], self.name, bool(skips.reasons))
+        skips.report(self.name)
 
-    def _load_ids(self, skips: SkipCounter) -> list[TrainExample]:
-        files = self._files()
-        pairs: list[tuple[str, str, str | None, Path, int]] = []  # (qid, pos pid, neg pid, file, line)
+    def _id_pairs(self, files: dict[str, Path], skips: SkipCounter) -> Iterator[tuple[str, str, str | None, Path, int]]:
+        """(qid, positive pid, negative pid or None, file, line), at most max_examples of them."""
+        n = 0
         if "triples" in files:
-            for lineno, (qid, pos, neg, *_) in read_tsv(files["triples"], 3, skips):
-                pairs.append((qid, pos, neg, files["triples"], lineno))
+            lines = ((qid, pos, neg, files["triples"], ln) for ln, (qid, pos, neg) in
+                     read_tsv(files["triples"], 3, skips, names=("query id", "positive id", "negative id")))
         else:
-            for lineno, (qid, _, pid, rel, *_) in read_tsv(files["qrels"], 4, skips):
-                if rel.strip() not in ("", "0"):
-                    pairs.append((qid, pid, None, files["qrels"], lineno))
-        if self.max_examples:
-            pairs = pairs[: self.max_examples]
-        wanted_q = {p[0] for p in pairs}
-        wanted_d = {p[1] for p in pairs} | {p[2] for p in pairs if p[2]}
-        queries = {qid: text for _, (qid, text, *_) in read_tsv(files["queries"], 2, skips) if qid in wanted_q}
-        passages = {pid: text for _, (pid, text, *_) in read_tsv(files["collection"], 2, skips) if pid in wanted_d}
-        out = []
-        for qid, pos, neg, path, lineno in pairs:
-            missing = [(what, key) for what, key, table in (("query id", qid, queries), ("passage id", pos, passages),
-                                                             ("passage id", neg, passages)) if key and key not in table]
-            if missing:
-                what, key = missing[0]
-                skips.handle(DataFormatError(path, lineno, what, f"{key!r} not found in "
-                                             f"{files['queries'] if what == 'query id' else files['collection']}"))
-                continue
-            out.append(TrainExample(queries[qid], passages[pos], (passages[neg],) if neg else (), self.task,
-                                    "short-long"))
-        return out
+            lines = ((qid, pid, None, files["qrels"], ln) for ln, (qid, _, pid, rel) in
+                     read_tsv(files["qrels"], 4, skips, names=("query id", "iteration", "passage id", "relevance"))
+                     if rel.strip() != "0")
+        for pair in lines:
+            if self.max_examples is not None and n >= self.max_examples:
+                return
+            n += 1
+            yield pair
+
+    def open(self, out: Path) -> ExampleTable:
+        if self.collection is None:
+            return super().open(out)
+        return ExampleTable(open_arrow(out / "examples.arrow"), open_arrow(out / "queries.arrow"),
+                            open_arrow(out / "collection.arrow"), self.task, "short-long")
+
+    def load(self):
+        """Every example as a Python object (small files and tests); the ids layout goes through a temp cache."""
+        if self.collection is None:
+            return super().load()
+        import tempfile
+
+        from embed_lm.data.tables import ensure_built
+
+        with tempfile.TemporaryDirectory() as tmp:
+            table = self.open(ensure_built(self, tmp))
+            return [table.example(i) for i in range(len(table))]
+
+
+def check_unique_ids(table: pa.Table, path: Path, skips: SkipCounter) -> None:
+    """A repeated id with a different text is an error (the lookup keeps the first); the same text again is fine."""
+    if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
+        return
+    counts = table.group_by("id").aggregate([("id", "count")])
+    repeated = counts.filter(pc.greater(counts.column("id_count"), 1)).column("id")
+    rows = table.filter(pc.is_in(table.column("id"), value_set=repeated))  # only the repeated ids' rows
+    texts = rows.group_by("id").aggregate([("text", "count_distinct")])
+    clash = texts.filter(pc.greater(texts.column("text_count_distinct"), 1)).column("id").to_pylist()
+    for pid in clash:
+        lines = rows.filter(pc.equal(rows.column("id"), pid)).column("line").to_pylist()
+        skips.handle(DataFormatError(path, lines[1], "id", f"{pid!r} repeats line {lines[0]} with a different "
+                                     "text (the first one is kept under skip_invalid)"))
+
+
+def resolve_ids(pairs: Iterator[tuple], qids: pa.Array, pids: pa.Array, files: dict[str, Path],
+                skips: SkipCounter) -> Iterator[dict]:
+    """Id pairs -> row references, CHUNK pairs per vectorised lookup; an unknown id names its file:line."""
+    chunk: list[tuple] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) == CHUNK:
+            yield from _resolve_chunk(chunk, qids, pids, files, skips)
+            chunk = []
+    yield from _resolve_chunk(chunk, qids, pids, files, skips)
+
+
+def _resolve_chunk(chunk: list[tuple], qids, pids, files, skips) -> Iterator[dict]:
+    if not chunk:
+        return
+    def rows(column: int, ids: pa.Array) -> np.ndarray:  # (chunk,) float row numbers, NaN where unknown
+        keys = pa.array([c[column] for c in chunk], pa.string())
+        return pc.index_in(keys, value_set=ids).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    q, p, n = rows(0, qids), rows(1, pids), rows(2, pids)
+    for i, (qid, pos, neg, path, lineno) in enumerate(chunk):
+        missing = [(what, key) for what, key, row in (("query id", qid, q[i]), ("passage id", pos, p[i]),
+                                                      ("passage id", neg, n[i])) if key and np.isnan(row)]
+        if missing:
+            what, key = missing[0]
+            skips.handle(DataFormatError(path, lineno, what, f"{key!r} not found in "
+                                         f"{files['queries'] if what == 'query id' else files['collection']}"))
+            continue
+        yield {"query": int(q[i]), "positive": int(p[i]), "negatives": [int(n[i])] if neg else []}

@@ -13,7 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ class TrainExample:
     negatives: tuple[str, ...]
     task: str
     task_kind: str
+    # pre-tokenised (data.pretokenize): ((ids, flags) of the query, of the positive, of each negative); else None
+    tokens: tuple | None = field(default=None, compare=False, repr=False)
 
 
 class DataFormatError(ValueError):
@@ -68,37 +70,59 @@ def open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
+def open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def read_lines(path: Path, skips: SkipCounter) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text without the newline) for each non-blank line. Decoding is per line, so a
+    non-UTF-8 byte names file:line (or is skipped and counted under skip_invalid) instead of a bare traceback."""
+    with open_binary(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                skips.handle(DataFormatError(path, lineno, None, f"not valid UTF-8 (byte {raw[e.start]:#04x} at "
+                                             f"column {e.start + 1})"))
+                continue
+            if line.strip():
+                yield lineno, line
+
+
 def read_jsonl(path: Path, skips: SkipCounter) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; bad JSON goes through `skips`."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                skips.handle(DataFormatError(path, lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"))
-                continue
-            if not isinstance(obj, dict):
-                skips.handle(DataFormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"))
-                continue
-            yield lineno, obj
+    for lineno, line in read_lines(path, skips):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            skips.handle(DataFormatError(path, lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            skips.handle(DataFormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        yield lineno, obj
 
 
-def read_tsv(path: Path, columns: int, skips: SkipCounter, header_startswith: str | None = None
-             ) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number, cells) for rows with at least `columns` cells; a header row may be skipped."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line or (lineno == 1 and header_startswith and line.startswith(header_startswith)):
-                continue
-            cells = line.split("\t")
-            if len(cells) < columns:
-                skips.handle(DataFormatError(path, lineno, None,
-                                             f"expected {columns} tab-separated columns, found {len(cells)}"))
-                continue
-            yield lineno, cells
+def read_tsv(path: Path, columns: int, skips: SkipCounter, header_startswith: str | None = None,
+             text_last: bool = False, names: tuple[str, ...] = ()) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, cells) for rows of exactly `columns` tab-separated cells; a header row may be skipped.
+
+    text_last=True: split on the first `columns - 1` tabs only, so the last cell (an id's text) may hold tabs.
+    With `names` (one per column), an empty cell is an error naming that column.
+    """
+    for lineno, line in read_lines(path, skips):
+        if lineno == 1 and header_startswith and line.startswith(header_startswith):
+            continue
+        cells = line.split("\t", columns - 1) if text_last else line.split("\t")
+        if len(cells) != columns:
+            skips.handle(DataFormatError(path, lineno, None, f"expected {columns} tab-separated columns, found "
+                                         f"{len(cells)}" + ("" if text_last else " (a tab inside a text?)")))
+            continue
+        empty = next((n for n, c in zip(names, cells) if not c.strip()), None)
+        if empty:
+            skips.handle(DataFormatError(path, lineno, empty, "is empty"))
+            continue
+        yield lineno, cells
 
 
 def text_field(obj: dict, key: str, path: Path, lineno: int) -> str:

@@ -51,7 +51,8 @@ class ContrastiveEncoderModule(L.LightningModule):
         q = self.encoder(batch["queries"])  # (B, D)
         d = self.encoder(batch["documents"])  # (M, D)
         B = q.size(0)
-        loss = self.loss_fn(q, d[:B], d[B:])
+        mask = self._duplicate_mask(batch)
+        loss = self.loss_fn(q, d[:B], d[B:], **({} if mask is None else {"mask": mask}))
         with torch.no_grad():
             scores = q @ d.T  # (B, M)
             acc = (scores.argmax(dim=1) == torch.arange(B, device=q.device)).float().mean()
@@ -63,13 +64,22 @@ class ContrastiveEncoderModule(L.LightningModule):
         """GradCache step (embed_lm/training/losses/cached_infonce.py) under manual optimisation."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn.backward_step(self.encoder, batch["queries"], batch["documents"])
+        loss = self.loss_fn.backward_step(self.encoder, batch["queries"], batch["documents"],
+                                          mask=self._duplicate_mask(batch))
         average_gradients(p for p in self.parameters() if p.requires_grad)  # what DDP's reducer would do
         self.configure_gradient_clipping(optimizer)
         optimizer.step()
         scheduler.step()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
         return loss
+
+    def _duplicate_mask(self, batch: dict) -> Tensor | None:
+        """The loss's mask of duplicate texts (from the collator's text ids), its size logged per step."""
+        if "query_ids" not in batch or not hasattr(self.loss_fn, "duplicate_mask"):
+            return None
+        mask = self.loss_fn.duplicate_mask(batch["query_ids"], batch["doc_ids"])  # (B, P + M)
+        self.log("train/masked_duplicates", mask.sum().float(), batch_size=len(batch["query_ids"]))
+        return mask
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes."""

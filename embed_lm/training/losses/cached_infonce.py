@@ -56,7 +56,7 @@ class CachedInfoNCELoss(InfoNCELoss):
         self.mini_batch_size = mini_batch_size
 
     def backward_step(self, embed: Callable[[TokenizedBatch], Tensor], queries: TokenizedBatch,
-                      documents: TokenizedBatch, replay_rng: bool = True) -> Tensor:
+                      documents: TokenizedBatch, replay_rng: bool = True, mask: Tensor | None = None) -> Tensor:
         """Accumulate the loss's parameter gradients into .grad; return the (detached) loss."""
         chunks = split_batch(queries, self.mini_batch_size) + split_batch(documents, self.mini_batch_size)
         states, cached = [], []
@@ -69,7 +69,7 @@ class CachedInfoNCELoss(InfoNCELoss):
         d = torch.cat(cached[n_q:]).detach().requires_grad_()  # (M, D)
         B = q.size(0)
         with torch.enable_grad():
-            loss = self(q, d[:B], d[B:])
+            loss = self(q, d[:B], d[B:], mask=mask)
         loss.backward()
         grads = list(q.grad.split([len(c) for c in chunks[:n_q]])) + list(d.grad.split([len(c) for c in chunks[n_q:]]))
         for chunk, state, grad in zip(chunks, states, grads):

@@ -14,6 +14,11 @@ rank's queries, positive of local query i at global column rank*B + i; local_los
 and every rank computes the full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
 See embed_lm/training/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
 
+Duplicates (optional `mask`, (B, P + M) bool, True = not a negative for that query): a document whose text equals
+query i's positive, and the positive of another query with i's own text, are left out of i's denominator (their
+logits become -inf); the label column is never masked. `InfoNCELoss.duplicate_mask(query_ids, doc_ids)` builds it
+from the collator's 64-bit text ids, gathered across ranks exactly as the embeddings are.
+
     python -m embed_lm.train loss=infonce loss.temperature=0.02 loss.gather_across_devices=true
 """
 
@@ -27,14 +32,27 @@ from embed_lm.training.distributed import gather_with_grad, world
 
 
 def info_nce_loss(queries: Tensor, positives: Tensor, negatives: Tensor | None, temperature: float = 0.02,
-                  label_offset: int = 0) -> Tensor:
-    """Positive of query i at column label_offset + i of cat(positives, negatives)."""
+                  label_offset: int = 0, mask: Tensor | None = None) -> Tensor:
+    """Positive of query i at column label_offset + i of cat(positives, negatives); mask (B, P + M) drops columns."""
     q = F.normalize(queries.float(), dim=-1)  # (B, D)
     docs = positives if negatives is None or negatives.numel() == 0 else torch.cat([positives, negatives])
     d = F.normalize(docs.float(), dim=-1)  # (P + M, D)
     logits = q @ d.T / temperature  # (B, P + M)
+    if mask is not None:
+        logits = logits.masked_fill(mask, float("-inf"))  # (B, P + M)
     labels = label_offset + torch.arange(q.size(0), device=q.device)  # (B,)
     return F.cross_entropy(logits, labels)
+
+
+def duplicate_mask(query_ids: Tensor, column_query_ids: Tensor, doc_ids: Tensor, label_offset: int = 0) -> Tensor:
+    """(B, P + M) bool, True where column j is no negative for query i: doc_ids[j] equals the id of i's positive,
+    or j < P is the positive of a query with i's id. query_ids (B,), column_query_ids (P,), doc_ids (P + M,)."""
+    B, P = query_ids.size(0), column_query_ids.size(0)
+    labels = label_offset + torch.arange(B, device=query_ids.device)  # (B,)
+    mask = doc_ids[None, :] == doc_ids[labels][:, None]  # (B, P + M)
+    mask[:, :P] |= column_query_ids[None, :] == query_ids[:, None]  # (B, P)
+    mask[torch.arange(B, device=mask.device), labels] = False
+    return mask
 
 
 class InfoNCELoss:
@@ -46,15 +64,29 @@ class InfoNCELoss:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
         self.temperature, self.gather, self.local_loss = temperature, gather_across_devices, local_loss
 
-    def __call__(self, queries: Tensor, positives: Tensor, negatives: Tensor | None) -> Tensor:
+    def __call__(self, queries: Tensor, positives: Tensor, negatives: Tensor | None, mask: Tensor | None = None
+                 ) -> Tensor:
         if not self.gather:
-            return info_nce_loss(queries, positives, negatives, self.temperature)
+            return info_nce_loss(queries, positives, negatives, self.temperature, mask=mask)
         rank, _ = world()
         positives = gather_with_grad(positives)  # (W*B, D)
         negatives = None if negatives is None else gather_with_grad(negatives)  # (W*M, D)
         if self.local_loss:
-            return info_nce_loss(queries, positives, negatives, self.temperature, label_offset=rank * queries.size(0))
-        return info_nce_loss(gather_with_grad(queries), positives, negatives, self.temperature)
+            return info_nce_loss(queries, positives, negatives, self.temperature, label_offset=rank * queries.size(0),
+                                 mask=mask)
+        return info_nce_loss(gather_with_grad(queries), positives, negatives, self.temperature, mask=mask)
+
+    def duplicate_mask(self, query_ids: Tensor, doc_ids: Tensor) -> Tensor:
+        """This rank's query_ids (B,) and doc_ids (B + M,) -> the `mask` for __call__, (B or W*B, P + M)."""
+        B = query_ids.size(0)
+        if not self.gather:
+            return duplicate_mask(query_ids, query_ids, doc_ids)
+        rank, _ = world()
+        all_queries = gather_with_grad(query_ids)  # (W*B,)
+        columns = torch.cat([gather_with_grad(doc_ids[:B]), gather_with_grad(doc_ids[B:])])  # (W*B + W*M,)
+        if self.local_loss:
+            return duplicate_mask(query_ids, all_queries, columns, label_offset=rank * B)
+        return duplicate_mask(all_queries, all_queries, columns)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(temperature={self.temperature}, gather_across_devices={self.gather}, "
