@@ -52,10 +52,11 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def format_metrics(before: dict[str, float] | None, after: dict[str, float]) -> str:
     names = sorted(after)
-    rows = [f"{'metric':<16}" + ("" if before is None else f"{'before':>10}") + f"{'after':>10}"]
+    width = max([16] + [len(n) + 2 for n in names])
+    rows = [f"{'metric':<{width}}" + ("" if before is None else f"{'before':>10}") + f"{'after':>10}"]
     for name in names:
         b = "" if before is None else f"{before.get(name, float('nan')):>10.4f}"
-        rows.append(f"{name:<16}{b}{after[name]:>10.4f}")
+        rows.append(f"{name:<{width}}{b}{after[name]:>10.4f}")
     return "\n".join(rows)
 
 
