@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from embed_lm.data.msmarco import NEGATIVE_KEYS, POSITIVE_KEYS, _texts
 from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
 from embed_lm.embedder import Embedder
 
@@ -123,6 +122,18 @@ def read_msmarco_ids(collection: str, queries: str, qrels: str | None = None, tr
     return Pairs({q: t for q, t in query_text.items() if q in wanted}, corpus, rows, given)
 
 
+def _texts(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, required: bool) -> list[str]:
+    key = next((k for k in keys if k in obj), None)
+    if key is None:
+        if required:
+            raise DataFormatError(path, lineno, keys[0], f"missing (one of {', '.join(keys)})")
+        return []
+    values = [obj[key]] if isinstance(obj[key], str) else obj[key]
+    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+        raise DataFormatError(path, lineno, key, "must be a non-empty string or a list of them")
+    return values
+
+
 def read_jsonl_pairs(paths: str | list[str], option: str = "mine.input.jsonl") -> Pairs:
     """Our JSONL (`query`, `positive`/`positives`/`pos`, optional `negative(s)`): each distinct text gets an id."""
     queries: dict[str, str] = {}
@@ -142,9 +153,9 @@ def read_jsonl_pairs(paths: str | list[str], option: str = "mine.input.jsonl") -
             query = text_field(obj, "query", path, lineno)
             qid = f"q{len(queries)}"
             queries[qid] = query
-            for positive in _texts(obj, POSITIVE_KEYS, path, lineno, required=True):
+            for positive in _texts(obj, ("positive", "positives", "pos"), path, lineno, required=True):
                 rows.append((qid, doc_id(positive)))
-            given[qid] = [doc_id(n) for n in _texts(obj, NEGATIVE_KEYS, path, lineno, required=False)]
+            given[qid] = [doc_id(n) for n in _texts(obj, ("negative", "negatives", "neg"), path, lineno, False)]
     return Pairs(queries, corpus, rows, given)
 
 
@@ -202,6 +213,10 @@ def random_fill_scores(pairs: Pairs, model, seed: int) -> list[float]:
 
 def write_msmarco_triples(mined: Mined, path: str | Path) -> None:
     """qid, positive pid, negative pid: MsMarcoSource's `triples` (with the input's collection and queries)."""
+    without = len({*mined.pairs.rows} - {(q, p) for q, p, _ in mined.triples})
+    if without:
+        log.warning("%d pairs got no negative in the window and are not in %s (write .jsonl to keep them; training "
+                    "then fills their negatives)", without, path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{q}\t{p}\t{n}\n" for q, p, n in mined.triples))
