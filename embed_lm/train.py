@@ -99,6 +99,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1))
     style = instantiate(cfg.instruction_style)
+    for source_cfg in (cfg.data.get("sources") or {}).values():  # a missing file or (offline) hub set fails now,
+        if source_cfg is not None:                                 # before the backbone loads (issue 12)
+            instantiate(source_cfg).check()
     backbone = spec.load()
     collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos, backbone.padding_side)
     datamodule = instantiate(cfg.data, collator=collator, instruction_style=style, _recursive_=True)

@@ -126,3 +126,15 @@ def test_offline_missing_set_fails_at_once_naming_the_override(monkeypatch):
 def test_missing_local_copy_names_the_option(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data.sources.fever.local"):
         PublicSource("fever", "beir", "t", local=str(tmp_path / "nope")).check()
+
+
+def test_train_with_an_uncached_set_stops_before_the_backbone_loads(tmp_path, monkeypatch):
+    """data=full offline: the first public set that is not cached stops train() naming the override; the backbone
+    (a 7B Mistral by default, not on this machine) is never loaded, so the error is about the data."""
+    from embed_lm.train import train
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_train(["data=full", "backbone=tiny_mistral", "logger=none", f"paths.data_dir={tmp_path}",
+                         f"data.sources.synthetic.paths={FIXTURES}/eli5.jsonl"], tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"data\.sources\.\w+\.local="):
+        train(cfg)
