@@ -54,10 +54,11 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def format_metrics(before: dict[str, float] | None, after: dict[str, float]) -> str:
     names = sorted(after)
-    rows = [f"{'metric':<16}" + ("" if before is None else f"{'before':>10}") + f"{'after':>10}"]
+    width = max([16] + [len(n) + 2 for n in names])
+    rows = [f"{'metric':<{width}}" + ("" if before is None else f"{'before':>10}") + f"{'after':>10}"]
     for name in names:
         b = "" if before is None else f"{before.get(name, float('nan')):>10.4f}"
-        rows.append(f"{name:<16}{b}{after[name]:>10.4f}")
+        rows.append(f"{name:<{width}}{b}{after[name]:>10.4f}")
     return "\n".join(rows)
 
 
@@ -100,6 +101,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1))
     style = instantiate(cfg.instruction_style)
+    for source_cfg in (cfg.data.get("sources") or {}).values():  # a missing file or (offline) hub set fails now,
+        if source_cfg is not None:                                 # before the backbone loads (issue 12)
+            instantiate(source_cfg).check()
     backbone = spec.load()
     collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos, backbone.padding_side)
     datamodule = instantiate(cfg.data, collator=collator, instruction_style=style, _recursive_=True)

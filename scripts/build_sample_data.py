@@ -6,10 +6,13 @@ description (the document). The archive section (games, libs, python, ...) rides
     apt-get update -o Acquire::Languages=en          # fetches Translation-en next to the Packages index
     pip install bm25s                                 # lexical hard-negative mining (build time only)
     python scripts/build_sample_data.py --out data/sample
+    python scripts/build_sample_data.py --out data/sample --only-instructions   # phrasings only, no apt index
 
 Deterministic for a given apt index and --seed. Layout written (see data/sample/README.md):
     train/synthetic/short_long.jsonl   the paper's synthetic short-long format (user_query, positive_document,
-                                       hard_negative_document, task)
+                                       hard_negative_document, task: one of 6 phrasings)
+    train/synthetic/long_short.jsonl   the reverse task (input_text = description, label = summary,
+                                       misleading_label; task: one of 4 phrasings)
     train/msmarco/{collection,queries.train,qrels.train,triples.train.ids}.tsv   MS-MARCO passage ranking (ids)
     dev/, test/                        BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
 """
@@ -26,6 +29,23 @@ import subprocess
 from pathlib import Path
 
 TASK = "Given a one-line summary of a Debian software package, retrieve the package's full description"
+# Many phrasings of more than one task, so the sample teaches the task rather than one instruction string (issue 12).
+# The held-out split is also scored with REWORDED_TASK, which training never sees.
+SUMMARY_TO_DESCRIPTION = (
+    TASK,
+    "Retrieve the full description of the Debian package summarised by the given one-line synopsis",
+    "Given a short synopsis of a software package, find the package's long description",
+    "Find the detailed description of the software package whose short summary is given",
+    "Given a package's one-line summary from the Debian archive, retrieve the text that describes it in detail",
+    "Match a Debian package synopsis to the package's complete description",
+)
+DESCRIPTION_TO_SUMMARY = (
+    "Given the full description of a Debian software package, retrieve its one-line summary",
+    "Given a detailed software package description, find the short synopsis that names it",
+    "Retrieve the one-line synopsis that a Debian maintainer wrote for the described package",
+    "Given a long description of a software package, retrieve the short summary line it belongs to",
+)
+REWORDED_TASK = "Find the complete write-up of the Debian program that this brief tagline describes"
 APT_LISTS = "/var/lib/apt/lists"
 
 
@@ -135,6 +155,34 @@ def write_beir(root: Path, split: str, queries: list[dict], distractors: list[di
               [("query-id", "corpus-id", "score")] + [("q" + pid(p)[1:], pid(p), 1) for p in queries])
 
 
+def pick(options: tuple[str, ...], key: str) -> str:
+    return options[int(hashlib.sha1(key.encode()).hexdigest(), 16) % len(options)]
+
+
+def add_instructions(out: Path, n_long_short: int, seed: int) -> None:
+    """Give the synthetic short-long rows one of several task phrasings and write long_short.jsonl: the reverse
+    task (description -> summary, misleading label = the hard negative's summary) in several phrasings.
+    Works on a sample already on disk (--only-instructions), so no apt index is needed."""
+    path = out / "train" / "synthetic" / "short_long.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["task"] = pick(SUMMARY_TO_DESCRIPTION, row["package"])
+    write_jsonl(path, rows)
+    summary_of = {r["positive_document"]: r["user_query"] for r in rows}
+    rng = random.Random(seed)
+    reverse = []
+    for row in rows[:n_long_short]:
+        misleading = summary_of.get(row["hard_negative_document"]) or rng.choice(rows)["user_query"]
+        if misleading == row["user_query"]:
+            continue
+        reverse.append({"task": pick(DESCRIPTION_TO_SUMMARY, row["package"]), "input_text": row["positive_document"],
+                        "label": row["user_query"], "misleading_label": misleading, "package": row["package"],
+                        "section": row["section"]})
+    write_jsonl(out / "train" / "synthetic" / "long_short.jsonl", reverse)
+    print(f"instructions: {len(SUMMARY_TO_DESCRIPTION)} phrasings on {len(rows)} short-long rows, "
+          f"{len(DESCRIPTION_TO_SUMMARY)} on {len(reverse)} long-short rows")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/sample")
@@ -143,8 +191,14 @@ def main() -> None:
     parser.add_argument("--n-msmarco", type=int, default=2000)
     parser.add_argument("--n-dev", type=int, nargs=2, default=(200, 1000), metavar=("QUERIES", "DOCS"))
     parser.add_argument("--n-test", type=int, nargs=2, default=(500, 2500), metavar=("QUERIES", "DOCS"))
+    parser.add_argument("--n-long-short", type=int, default=1000, help="reverse-task rows (description -> summary)")
+    parser.add_argument("--only-instructions", action="store_true",
+                        help="only (re)apply the task phrasings and long_short.jsonl to the sample at --out")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.only_instructions:
+        add_instructions(out, args.n_long_short, args.seed)
+        return
 
     packages = sorted(load_packages(), key=lambda p: p["package"])
     random.Random(args.seed).shuffle(packages)
@@ -177,6 +231,7 @@ def main() -> None:
     write_tsv(root / "queries.train.tsv", [("q" + pid(p)[1:], p["query"]) for p in marco])
     write_tsv(root / "qrels.train.tsv", [("q" + pid(p)[1:], 0, pid(p), 1) for p in marco])
     write_tsv(root / "triples.train.ids.tsv", [("q" + pid(p)[1:], pid(p), pid(n)) for p, n in zip(marco, marco_negs)])
+    add_instructions(out, args.n_long_short, args.seed)
 
 
 if __name__ == "__main__":

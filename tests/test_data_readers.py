@@ -138,7 +138,8 @@ def test_bundled_sample_loads_in_both_formats_and_beir(compose_cfg):
     marco = MsMarcoSource("m", collection=str(SAMPLE / "train/msmarco/collection.tsv"),
                           queries=str(SAMPLE / "train/msmarco/queries.train.tsv"),
                           triples=str(SAMPLE / "train/msmarco/triples.train.ids.tsv")).load()
-    assert len(synth) == 4000 and len(marco) == 2000
+    assert len(synth) == 5000 and len(marco) == 2000  # 4,000 short-long + 1,000 long-short (reverse task)
+    assert {e.task_kind for e in synth} == {"short-long", "long-short"} and len({e.task for e in synth}) == 10
     assert all(len(e.negatives) == 1 and e.negatives[0] != e.positive for e in synth + marco)
     test = BeirSplit(str(SAMPLE / "test"), "test", "task").load()
     assert (len(test.queries), len(test.corpus)) == (500, 2500)

@@ -12,7 +12,8 @@ from embed_lm.train import train
 def test_demo_improves_held_out_ndcg(tmp_path):
     cfg = compose_train(["experiment=demo", "logger=csv", "trainer.limit_train_batches=25",
                          "optimizer.warmup_steps=5", "data.test.path=${paths.sample_dir}/dev", "data.test.split=dev",
-                         "trainer.val_check_interval=1.0", "data.dev=null"], tmp_path)
+                         "trainer.val_check_interval=1.0", "data.dev=null",
+                         "data.extra_tests=null"], tmp_path)
     after = train(cfg)
     result = json.loads((tmp_path / "test_metrics.json").read_text())
     before = result["before"]

@@ -165,16 +165,22 @@ class ContrastiveDataModule(L.LightningDataModule):
                  instruction_style: InstructionStyle, batch_size: int = 32, negatives_per_query: int = 1,
                  single_source_batches: bool = True, dev: BeirSplit | None = None, test: BeirSplit | None = None,
                  eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0, max_length: int = 512,
-                 cache_dir: str = ".cache/data", pretokenize: bool = False) -> None:
+                 cache_dir: str = ".cache/data", pretokenize: bool = False,
+                 extra_tests: dict[str, BeirSplit] | None = None) -> None:
         super().__init__()
-        if not sources:
+        if not any(s is not None for s in (sources or {}).values()):
             raise ValueError("data.sources is empty: configure at least one training source")
         if not isinstance(negatives_per_query, int) or negatives_per_query < 0:
             raise ValueError(f"data.negatives_per_query must be an integer >= 0, got {negatives_per_query!r}")
-        self.name, self.sources, self.collator, self.style = name, dict(sources), collator, instruction_style
+        # a config may switch a source off with null (data=full replaces msmarco by msmarco_passage: issue 12 item 5)
+        sources = {k: v for k, v in sources.items() if v is not None}
+        self.name, self.sources, self.collator, self.style = name, sources, collator, instruction_style
         self.batch_size, self.negatives_per_query = batch_size, negatives_per_query
         self.single_source_batches, self.seed = single_source_batches, seed
         self.split_specs = {"val": dev, "test": test}
+        # issue 12 item 6 (transfer): more test splits, logged as test_<name>/<metric> (e.g. another domain, or the
+        # test split asked with a reworded instruction)
+        self.split_specs |= {f"test_{name}": spec for name, spec in (extra_tests or {}).items() if spec is not None}
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.max_length = max_length  # the collator was built with it; kept for the record
         self.cache_dir, self.pretokenize = cache_dir, pretokenize
@@ -251,8 +257,12 @@ class ContrastiveDataModule(L.LightningDataModule):
         return [DataLoader(items, batch_size=self.eval_batch_size, num_workers=self.num_workers,
                            collate_fn=EvalCollator(self.collator)) for items in eval_items(split, self.style)]
 
+    def eval_splits(self, stage: str) -> list[tuple[str, RetrievalSplit]]:
+        """(metric prefix, split) for a stage: loaders 2k and 2k+1 hold split k's queries and corpus."""
+        return [(name, split) for name, split in self.splits.items() if name.split("_")[0] == stage]
+
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+        return [loader for name, _ in self.eval_splits("test") for loader in self._eval_loaders(name)]

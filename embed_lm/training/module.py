@@ -93,15 +93,18 @@ class ContrastiveEncoderModule(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         outputs, self._eval_outputs = self._eval_outputs, {}
-        if set(outputs) != {0, 1}:
-            return
-        split = self.trainer.datamodule.splits[stage]
-        q_emb, c_emb = (self._ordered(outputs[i]) for i in (0, 1))  # (Q, D), (C, D)
-        doc_index = {doc_id: i for i, doc_id in enumerate(split.corpus)}
-        relevant = [{doc_index[d]: r for d, r in split.qrels.get(qid, {}).items()} for qid in split.queries]
-        metrics = retrieval_metrics(q_emb, c_emb, relevant, recall_k=self.recall_k)
-        for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "ndcg@10", rank_zero_only=True)
+        datamodule = self.trainer.datamodule
+        splits = datamodule.eval_splits(stage) if hasattr(datamodule, "eval_splits") else [
+            (stage, datamodule.splits[stage])]  # pairs of loaders: 2k = split k's queries, 2k+1 its corpus
+        for k, (prefix, split) in enumerate(splits):
+            if not {2 * k, 2 * k + 1} <= set(outputs):
+                continue
+            q_emb, c_emb = (self._ordered(outputs[i]) for i in (2 * k, 2 * k + 1))  # (Q, D), (C, D)
+            doc_index = {doc_id: i for i, doc_id in enumerate(split.corpus)}
+            relevant = [{doc_index[d]: r for d, r in split.qrels.get(qid, {}).items()} for qid in split.queries]
+            metrics = retrieval_metrics(q_emb, c_emb, relevant, recall_k=self.recall_k)
+            for name, value in metrics.items():
+                self.log(f"{prefix}/{name}", value, prog_bar=name == "ndcg@10" and k == 0, rank_zero_only=True)
 
     @staticmethod
     def _ordered(chunks: list[tuple[Tensor, Tensor]]) -> Tensor:
