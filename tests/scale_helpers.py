@@ -24,6 +24,12 @@ def tiny_encoder(dropout: float = 0.0, checkpointing: bool = False, seed: int = 
     return TextEncoder(model, Pooling("last_token")).train()
 
 
+def lora_names(r: int = 16) -> set[str]:
+    """What a run's checkpoint must hold: the LoRA tensors of tiny_mistral, nothing else (a fresh reference)."""
+    model = add_lora(TinyBackbone("tiny_mistral", "mistral").load().model, r, 2 * r, 0.1, TinyBackbone.LORA_TARGETS)
+    return {"encoder.backbone." + n for n, p in model.named_parameters() if p.requires_grad}
+
+
 def examples(n: int) -> list[TrainExample]:
     rows = [json.loads(line) for line in (SAMPLE / "train/synthetic/short_long.jsonl").open()][:n]
     return [TrainExample(r["user_query"], r["positive_document"], (r["hard_negative_document"],), r["task"],

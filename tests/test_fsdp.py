@@ -13,10 +13,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from embed_lm.model.backbone import TinyBackbone, add_lora
 from embed_lm.runs import load_run
 from embed_lm.training.losses.infonce import InfoNCELoss
-from scale_helpers import batch, bf16_base, examples, fsdp_worker, lora_grads, tiny_encoder
+from scale_helpers import batch, bf16_base, examples, fsdp_worker, lora_grads, lora_names, tiny_encoder
 
 WORLD, PER_RANK, MAX_STEPS, CRASH_AT = 2, 3, 3, 2
 RUN = ["backbone=tiny_mistral", "backbone.tiny.dtype=bfloat16", "data=sample", "debug=smoke", "trainer=fsdp_cpu",
@@ -42,12 +41,6 @@ def runs(tmp_path_factory):
     resumed = train_cli(tmp / "resumed", f"ckpt_path={tmp / 'killed' / 'checkpoints' / 'on_exception.ckpt'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return tmp
-
-
-def lora_names() -> set[str]:
-    """What a checkpoint must hold: the LoRA tensors of the same backbone, nothing else (a fresh reference)."""
-    model = add_lora(TinyBackbone("tiny_mistral", "mistral").load().model, 16, 32, 0.1, TinyBackbone.LORA_TARGETS)
-    return {"encoder.backbone." + n for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.slow

@@ -134,9 +134,10 @@ class ZeroStrategy(DeepSpeedStrategy):
     """Lightning's DeepSpeedStrategy that also runs on CPU processes (gloo; DeepSpeed picks its CPU accelerator when
     no GPU is visible), for tests and for checking a set-up here. On GPUs it behaves exactly as the parent.
 
-    Three private Lightning steps refuse or break on CPU (written against lightning 2.6.6, tested by
-    tests/test_deepspeed.py): the CUDA-only check in setup_environment, the device-index check in
+    Three private Lightning steps refuse or break on CPU (written against lightning 2.6.6 and deepspeed 0.19.8,
+    tested by tests/test_deepspeed.py): the CUDA-only check in setup_environment, the device-index check in
     setup_distributed, and deepspeed.initialize's device rank (a CPU device has no index: the local rank is used).
+    DeepSpeed's compiled shared-memory all-reduce is skipped on CPU (gloo communicates).
     """
 
     def _on_cpu(self) -> bool:
@@ -152,7 +153,10 @@ class ZeroStrategy(DeepSpeedStrategy):
             return super().setup_distributed()
         reset_seed()
         self.set_world_ranks()
-        self._init_deepspeed_distributed()
+        # DeepSpeed's CPU accelerator would JIT-compile a shared-memory all-reduce (C++; minutes of CPU here):
+        # gloo does the communication without it
+        with mock.patch("deepspeed.comm.torch.build_shm_op", lambda: None):
+            self._init_deepspeed_distributed()
 
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
         if not self._on_cpu():
