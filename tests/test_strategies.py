@@ -16,10 +16,20 @@ def loss(name):
     return instantiate(compose_train([f"loss={name}"]).loss)
 
 
-@pytest.mark.parametrize("trainer", ["ddp", "ddp_cpu", "fsdp", "default", "cpu"])
-def test_plain_loss_starts_with_every_strategy_config(trainer):
+@pytest.mark.parametrize("trainer", ["ddp", "ddp_cpu", "fsdp", "fsdp_cpu", "deepspeed_zero2", "deepspeed_zero3",
+                                     "deepspeed_zero2_cpu", "deepspeed_zero3_cpu", "default", "cpu"])
+def test_plain_loss_starts_with_every_strategy_config(trainer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", sys.modules.get("deepspeed") or object())  # installed or not
     cfg = compose_train([f"trainer={trainer}"])
     check_setup(loss("infonce"), cfg.trainer.get("strategy", "auto"), "32-true", 1)
+    assert instantiate(cfg.loss).gather_setting == "auto"  # cross-device negatives whenever world size > 1
+
+
+@pytest.mark.parametrize("trainer", ["deepspeed_zero2_cpu", "deepspeed_zero3_cpu"])
+def test_cached_loss_is_refused_with_the_cpu_zero_presets_too(trainer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", sys.modules.get("deepspeed") or object())
+    with pytest.raises(IncompatibleSetupError, match="ZeRO"):
+        check_setup(loss("cached_infonce"), compose_train([f"trainer={trainer}"]).trainer.strategy, "32-true", 1)
 
 
 @pytest.mark.parametrize("trainer,reason", [("fsdp", "reduce-scatters"), ("deepspeed_zero3", "known to break"),

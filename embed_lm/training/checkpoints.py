@@ -42,7 +42,7 @@ def _name_in(root: torch.nn.Module, module: torch.nn.Module) -> str:
 
 def adapter_weights(trainer: L.Trainer, peft_model: torch.nn.Module) -> dict[str, Tensor]:
     """The trainable weights of `peft_model`, full-size, on CPU, named as peft_model.state_dict() names them (what
-    PeftModel.save_pretrained(state_dict=...) takes). Call it on every rank: under FSDP the full state dict and
+    write_adapter takes). Call it on every rank: under FSDP the full state dict and
     under ZeRO-3 the gathering are collectives. Complete on rank 0 (FSDP leaves the other ranks empty)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy  # here: runs.py needs no Lightning
 
@@ -54,10 +54,10 @@ def adapter_weights(trainer: L.Trainer, peft_model: torch.nn.Module) -> dict[str
 
         root = strategy.model  # FSDP(LightningModule)
         prefix = _name_in(root, peft_model)
+        offload = strategy.root_device.type != "cpu"  # on CPU it would segfault: strategies.LoraFSDPStrategy
         with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT,
-                                  FullStateDictConfig(offload_to_cpu=strategy.root_device.type != "cpu", rank0_only=True)):
-            full = root.state_dict()  # gathered unit by unit; only rank 0 keeps the tensors (no offload on CPU:
-            # see strategies._full_state_dicts_without_cpu_offload)
+                                  FullStateDictConfig(offload_to_cpu=offload, rank0_only=True)):
+            full = root.state_dict()  # gathered unit by unit; only rank 0 keeps the tensors
         return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix) and k[len(prefix):] in trainable}
     named = [(clean_name(n), p) for n, p in peft_model.named_parameters() if p.requires_grad]
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:

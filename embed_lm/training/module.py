@@ -167,7 +167,7 @@ class ContrastiveEncoderModule(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "state_dict" in checkpoint:  # absent when the strategy (FSDP) has already loaded the weights itself
+        if "state_dict" in checkpoint:  # absent when the strategy (FSDP, DeepSpeed) has loaded the weights itself
             missing = self.trainable_names() - {clean_name(k) for k in checkpoint["state_dict"]}
             if missing:
                 raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); was "

@@ -1,18 +1,26 @@
-"""Multi-device strategies as config (conf/trainer/*.yaml) and the start-up check of what combines with what.
+r"""Multi-device strategies as config (conf/trainer/*.yaml) and the start-up check of what combines with what.
 
-    python -m embed_lm.train trainer=ddp loss=cached_infonce     # the paper's batch
+    python -m embed_lm.train trainer=ddp loss=cached_infonce                    # the paper's batch
     python -m embed_lm.train trainer=fsdp loss=infonce
-    python -m embed_lm.train trainer=deepspeed_zero2                                            # pip install deepspeed
+    python -m embed_lm.train trainer=deepspeed_zero3                           # pip install -e '.[deepspeed]'
+    python -m embed_lm.train backbone=tiny_mistral backbone.tiny.dtype=bfloat16 data=sample debug=smoke \
+        trainer=fsdp_cpu    # or ddp_cpu, deepspeed_zero2_cpu, deepspeed_zero3_cpu: 2 CPU processes over gloo
 
-| strategy          | loss=infonce | loss=cached_infonce                                                        |
-|-------------------|--------------|----------------------------------------------------------------------------|
-| single device     | yes          | yes                                                                        |
-| ddp               | yes          | yes (its own gradient averaging; tested with 2 gloo processes)             |
-| fsdp              | yes          | refused: FSDP reduce-scatters gradients inside every backward pass          |
-| deepspeed stage 2 | yes          | refused: ZeRO-2 partitions and reduces gradients during each backward pass |
-| deepspeed stage 3 | yes          | refused: ZeRO-3 is known to break GradCache (parameters gathered per forward) |
+Cross-device negatives (loss.gather_across_devices=auto) are on with every strategy whenever world size > 1.
+
+| strategy          | loss=infonce                                   | loss=cached_infonce                            |
+|-------------------|------------------------------------------------|------------------------------------------------|
+| single device     | yes                                            | yes                                            |
+| ddp               | yes (tested: 2 gloo processes)                 | yes (its own gradient averaging; tested)       |
+| fsdp              | yes: bf16 base + fp32 LoRA, LoRA-only          | refused: FSDP reduce-scatters gradients inside |
+|                   | checkpoints, resume (tested: 2 gloo processes) | every backward pass                            |
+| deepspeed stage 2 | yes: LoRA-only checkpoint folders (tested: 2   | refused: ZeRO-2 partitions and reduces         |
+|                   | gloo processes)                                | gradients during each backward pass            |
+| deepspeed stage 3 | yes: partitioned parameters, adapter gathered  | refused: ZeRO-3 is known to break GradCache    |
+|                   | before saving (tested: 2 gloo processes)       | (parameters gathered per forward pass)         |
 Also refused with the cached loss: fp16 autocast ("16-mixed": it needs loss scaling; use bf16-mixed) and gradient
 accumulation (accumulating never enlarges the negative pool; raise data.batch_size instead).
+Resuming: ckpt_path=<run>/checkpoints/last.ckpt, a file (fsdp, ddp) or a folder (deepspeed).
 """
 
 from __future__ import annotations
@@ -116,7 +124,7 @@ class LoraFSDPStrategy(FSDPStrategy):
 
 
 def fsdp(sharding_strategy: str = "FULL_SHARD", layer_classes: list[str] | None = None,
-         activation_checkpointing: bool = False, **kwargs) -> FSDPStrategy:
+         activation_checkpointing: bool = False, **kwargs) -> LoraFSDPStrategy:
     """FSDP sharding each decoder layer (`layer_classes`, dotted names) with LoRA matrices wrapped apart
     (lora_wrap_policy), use_orig_params for LoRA's mix of frozen and trainable parameters. FSDP mixed precision
     follows trainer.precision (bf16-mixed: bf16 compute and reduce, fp32 LoRA master weights); `kwargs` go to
@@ -206,7 +214,8 @@ def check_setup(loss, strategy, precision: str, accumulate_grad_batches: int) ->
         try:
             importlib.import_module("deepspeed")
         except ImportError as e:
-            raise IncompatibleSetupError(f"trainer.strategy={name} needs DeepSpeed: pip install deepspeed") from e
+            raise IncompatibleSetupError(f"trainer.strategy={name} needs DeepSpeed: DS_BUILD_OPS=0 pip install "
+                                         "deepspeed (pip install -e '.[deepspeed]' and make install do it)") from e
     if not getattr(loss, "mini_batch_size", None):
         return
     why = None

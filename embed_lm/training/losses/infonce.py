@@ -9,9 +9,10 @@ Shapes: queries (B, D), positives (B, D), negatives (M, D) with M = B * N for N 
 including 0). Embeddings need not be normalised; the loss normalises them.
 
 Across devices (gather_across_devices=auto, the default: on whenever world size W > 1; true/false force it): D
-becomes the documents of all W ranks (W*B positives, W*M negatives), gathered with gradients by embed_lm.training.distributed.gather_with_grad. local_loss=true (default) scores only this
-rank's queries, positive of local query i at global column rank*B + i; local_loss=false gathers the queries too
-and every rank computes the full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
+becomes the documents of all W ranks (W*B positives, W*M negatives), gathered with gradients by
+embed_lm.training.distributed.gather_with_grad. local_loss=true (default) scores only this rank's queries, positive
+of local query i at global column rank*B + i; local_loss=false gathers the queries too and every rank computes the
+full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
 See embed_lm/training/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
 
     python -m embed_lm.train loss=infonce loss.temperature=0.02 trainer=ddp     # gathers (auto: world size > 1)
