@@ -16,10 +16,10 @@ help: ## list the targets
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -c constraints.txt -e '.[test,deepspeed]'
 	touch $@
 
-install: $(BIN)/.installed ## create .venv and install embed_lm (torch pinned to the CPU 2.13.0 build)
+install: $(BIN)/.installed ## create .venv and install embed_lm + DeepSpeed (torch pinned to the CPU 2.13.0 build)
 
 demo: install ## LoRA-tune all-MiniLM-L6-v2 on the bundled sample (CPU, offline); held-out retrieval before/after
 	$(BIN)/python -m embed_lm.train experiment=demo

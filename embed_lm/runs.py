@@ -2,6 +2,7 @@
 
     load_run("outputs/train/runs/<run>")                       # base model + the run's LoRA adapter (embedder/)
     load_run("outputs/train/runs/<run>/checkpoints/last.ckpt") # base model + the LoRA weights of that checkpoint
+                                                               # (a file, or a folder from trainer=deepspeed_*)
     load_run("exported/<name>")                                # a merged export (python -m embed_lm.export)
     load_base(cfg)                                             # a base model, no adapter (backbone/pooling/style)
 
@@ -21,6 +22,7 @@ from peft import PeftModel
 from embed_lm.model.collator import TextCollator
 from embed_lm.embedder import Embedder
 from embed_lm.model.encoder import TextEncoder
+from embed_lm.training.checkpoints import zero_checkpoint_state_dict
 
 
 MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to the merged weights
@@ -34,7 +36,7 @@ def find_embedder_dir(run: str | Path) -> tuple[Path, Path | None]:
     """(embedder dir, checkpoint or None) for a run folder, its embedder/ folder, or a .ckpt inside the run."""
     path = Path(run).expanduser()
     if path.suffix == ".ckpt":
-        if not path.is_file():
+        if not path.exists():  # a file, or a folder (DeepSpeed)
             raise RunNotFoundError(f"checkpoint {path} does not exist")
         candidates = [p / "embedder" for p in path.parents][:3]
         found = next((c for c in candidates if (c / "config.yaml").is_file()), None)
@@ -60,7 +62,8 @@ def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path 
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir / "adapter"))
         if ckpt is not None:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+            state = (zero_checkpoint_state_dict(ckpt) if ckpt.is_dir()  # a DeepSpeed checkpoint folder
+                     else torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
             prefix = "encoder.backbone."
             weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             missing = [k for k in weights if k not in dict(model.named_parameters())]

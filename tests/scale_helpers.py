@@ -24,6 +24,12 @@ def tiny_encoder(dropout: float = 0.0, checkpointing: bool = False, seed: int = 
     return TextEncoder(model, Pooling("last_token")).train()
 
 
+def lora_names(r: int = 16) -> set[str]:
+    """What a run's checkpoint must hold: the LoRA tensors of tiny_mistral, nothing else (a fresh reference)."""
+    model = add_lora(TinyBackbone("tiny_mistral", "mistral").load().model, r, 2 * r, 0.1, TinyBackbone.LORA_TARGETS)
+    return {"encoder.backbone." + n for n, p in model.named_parameters() if p.requires_grad}
+
+
 def examples(n: int) -> list[TrainExample]:
     rows = [json.loads(line) for line in (SAMPLE / "train/synthetic/short_long.jsonl").open()][:n]
     return [TrainExample(r["user_query"], r["positive_document"], (r["hard_negative_document"],), r["task"],
@@ -68,5 +74,47 @@ def distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str,
         results[mode] = {"loss": mean_loss.item() / world_size, "grads": lora_grads(encoder)}
     if rank == 0:
         torch.save(results, f"{out_dir}/results.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def bf16_base(encoder: TextEncoder, keep_bf16: bool) -> TextEncoder:
+    """Round the frozen base weights to bfloat16 (the 7B checkpoints' dtype); keep_bf16=False stores the rounded
+    values in fp32, which is what FSDP computes with under trainer.precision=32-true (MixedPrecision fp32)."""
+    for p in encoder.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16) if keep_bf16 else p.data.to(torch.bfloat16).float()
+    return encoder
+
+
+def fsdp_worker(rank: int, world_size: int, init_file: str, out_dir: str, per_rank: int) -> None:
+    """One rank of the 2-process FSDP test, wrapped as trainer=fsdp_cpu wraps it (decoder layers and LoRA matrices
+    as separate units, bf16 base, fp32 compute, gathered negatives); rank 0 saves the loss and full LoRA grads."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import MixedPrecision
+    from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+
+    from embed_lm.training.losses.infonce import InfoNCELoss
+    from embed_lm.training.strategies import lora_wrap_policy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    data = batch(examples(world_size * per_rank)[rank * per_rank:(rank + 1) * per_rank])
+    encoder = bf16_base(tiny_encoder(), keep_bf16=True)
+    model = FSDP(encoder, auto_wrap_policy=lora_wrap_policy({MistralDecoderLayer}), use_orig_params=True,
+                 device_id=torch.device("cpu"), mixed_precision=MixedPrecision(torch.float32, torch.float32,
+                                                                               torch.float32))
+    q, d = model(data["queries"]), model(data["documents"])
+    loss = InfoNCELoss(0.02)(q, d[:per_rank], d[per_rank:])  # gather_across_devices=auto: on (world size 2)
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    with FSDP.summon_full_params(model, with_grads=True):
+        grads = {n.replace("_fsdp_wrapped_module.", ""): p.grad.detach().clone()
+                 for n, p in encoder.named_parameters() if p.requires_grad}
+    if rank == 0:
+        torch.save({"loss": mean_loss.item() / world_size, "grads": grads,
+                    "flat_dtypes": sorted({str(p.dtype) for p in model.parameters()})}, f"{out_dir}/fsdp.pt")
     dist.barrier()
     dist.destroy_process_group()

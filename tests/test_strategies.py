@@ -16,10 +16,20 @@ def loss(name):
     return instantiate(compose_train([f"loss={name}"]).loss)
 
 
-@pytest.mark.parametrize("trainer", ["ddp", "ddp_cpu", "fsdp", "default", "cpu"])
-def test_plain_loss_starts_with_every_strategy_config(trainer):
+@pytest.mark.parametrize("trainer", ["ddp", "ddp_cpu", "fsdp", "fsdp_cpu", "deepspeed_zero2", "deepspeed_zero3",
+                                     "deepspeed_zero2_cpu", "deepspeed_zero3_cpu", "default", "cpu"])
+def test_plain_loss_starts_with_every_strategy_config(trainer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", sys.modules.get("deepspeed") or object())  # installed or not
     cfg = compose_train([f"trainer={trainer}"])
     check_setup(loss("infonce"), cfg.trainer.get("strategy", "auto"), "32-true", 1)
+    assert instantiate(cfg.loss).gather_setting == "auto"  # cross-device negatives whenever world size > 1
+
+
+@pytest.mark.parametrize("trainer", ["deepspeed_zero2_cpu", "deepspeed_zero3_cpu"])
+def test_cached_loss_is_refused_with_the_cpu_zero_presets_too(trainer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", sys.modules.get("deepspeed") or object())
+    with pytest.raises(IncompatibleSetupError, match="ZeRO"):
+        check_setup(loss("cached_infonce"), compose_train([f"trainer={trainer}"]).trainer.strategy, "32-true", 1)
 
 
 @pytest.mark.parametrize("trainer,reason", [("fsdp", "reduce-scatters"), ("deepspeed_zero3", "known to break"),
@@ -50,7 +60,7 @@ def test_missing_deepspeed_says_how_to_install(monkeypatch):
 def test_ddp_with_two_cpu_processes_trains(loss_name, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "embed_lm.train", "backbone=tiny_mistral", "data=sample", "debug=smoke",
-           "trainer=ddp_cpu", f"loss={loss_name}", "loss.gather_across_devices=true", "trainer.max_steps=3",
+           "trainer=ddp_cpu", f"loss={loss_name}", "trainer.max_steps=3",
            "test_after_training=false", "logger=csv", f"hydra.run.dir={out}", "data.dev=null"]
     if loss_name == "cached_infonce":
         cmd.append("loss.mini_batch_size=3")
@@ -58,6 +68,11 @@ def test_ddp_with_two_cpu_processes_trains(loss_name, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+    # cross-device negatives are on by default (auto: world size > 1), said once on rank 0 with the global pool:
+    # debug=smoke's batch of 8 queries per rank, each with 1 positive + 1 hard negative document
+    logged = proc.stdout + proc.stderr
+    assert logged.count("cross-device negatives: on (loss.gather_across_devices=auto, world size 2): global pool "
+                        "16 queries x 32 documents (8 x 16 per rank)") == 1, logged[-3000:]
     record = json.loads((out / "done.json").read_text())
     assert record["metrics"]["train/loss"] > 0
     assert (out / "embedder" / "adapter" / "adapter_model.safetensors").is_file()

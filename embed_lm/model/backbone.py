@@ -150,7 +150,7 @@ class TinyBackbone:
                  num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 256,
                  max_position_embeddings: int = 32768, rope_theta: float = 10000.0,
                  sliding_window: int | None = 4096, tokenizer_path: str | None = None, seed: int = 0,
-                 append_eos: bool = True, padding_side: str = "right") -> None:
+                 append_eos: bool = True, padding_side: str = "right", dtype: str = "float32") -> None:
         if architecture not in self.ARCHITECTURES:
             raise ValueError(f"backbone.architecture must be one of {self.ARCHITECTURES}, got {architecture!r}")
         self.name = name
@@ -164,6 +164,7 @@ class TinyBackbone:
             self.config_kwargs["sliding_window"] = sliding_window
         self.tokenizer_path = tokenizer_path or str(TINY_TOKENIZER)
         self.seed = seed
+        self.dtype = dtype
         self.append_eos = append_eos
         self.padding_side = padding_side
         self.lora_target_modules = list(self.LORA_TARGETS)
@@ -182,6 +183,7 @@ class TinyBackbone:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = AutoModel.from_config(config, attn_implementation="sdpa")
+        model = model.to(resolve_dtype(self.dtype))  # bfloat16: a bf16 frozen base, as the 7B models on GPUs
         model.config.use_cache = False
         return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
                               self.lora_target_modules)

@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning as L
 from transformers import PreTrainedTokenizerBase
 
+from embed_lm.training.checkpoints import adapter_weights, write_adapter
+
 log = logging.getLogger(__name__)
 
 
@@ -19,16 +21,21 @@ class SaveEmbedder(L.Callback):
     tokenizer/    the tokenizer the run used
     config.yaml   the run's resolved config (backbone, pooling, instruction style, max length, ...)
 
-    Written to a temporary folder and renamed, so a crash mid-write leaves the previous copy intact.
+    Written to a temporary folder and renamed, so a crash mid-write leaves the previous copy intact. Every rank
+    takes part in collecting the adapter (a collective under FSDP and DeepSpeed ZeRO-3); rank 0 writes it.
     """
 
     def __init__(self, dirpath: str | Path, config_yaml: str, tokenizer: PreTrainedTokenizerBase) -> None:
         self.dirpath, self.config_yaml, self.tokenizer = Path(dirpath), config_yaml, tokenizer
 
-    def save(self, module: L.LightningModule) -> None:
+    def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        peft_model = module.encoder.backbone
+        weights = adapter_weights(trainer, peft_model)  # on every rank
+        if not trainer.is_global_zero:
+            return
         tmp = self.dirpath.with_name(self.dirpath.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        module.encoder.backbone.save_pretrained(tmp / "adapter")
+        write_adapter(peft_model, weights, tmp / "adapter")
         self.tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "config.yaml").write_text(self.config_yaml)
         old = self.dirpath.with_name(self.dirpath.name + ".old")
@@ -38,10 +45,9 @@ class SaveEmbedder(L.Callback):
         shutil.rmtree(old, ignore_errors=True)
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        if trainer.is_global_zero:
-            self.save(module)
+        self.save(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.save(trainer, module)
         if trainer.is_global_zero:
-            self.save(module)
             log.info("embedder written to %s", self.dirpath)

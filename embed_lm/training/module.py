@@ -12,6 +12,7 @@ and `ckpt_path=...` resumes exactly.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 
@@ -19,12 +20,16 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from embed_lm.model.collator import TokenizedBatch
+from embed_lm.training.checkpoints import clean_name
 from embed_lm.training.distributed import average_gradients
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
 from embed_lm.retrieval_metrics import retrieval_metrics
+
+log = logging.getLogger(__name__)
 
 
 class ContrastiveEncoderModule(L.LightningModule):
@@ -43,6 +48,7 @@ class ContrastiveEncoderModule(L.LightningModule):
         self._eval_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._total_steps: int | None = None
         self._pending_rng: dict | None = None
+        self._pool_logged = False
         self.encoder.train()  # from_pretrained returns eval mode; training turns the backbone's dropout on
 
     def training_step(self, batch: dict[str, TokenizedBatch], batch_idx: int) -> Tensor:
@@ -51,6 +57,7 @@ class ContrastiveEncoderModule(L.LightningModule):
         q = self.encoder(batch["queries"])  # (B, D)
         d = self.encoder(batch["documents"])  # (M, D)
         B = q.size(0)
+        self._log_negative_pool(B, d.size(0))
         mask = self._duplicate_mask(batch)
         loss = self.loss_fn(q, d[:B], d[B:], **({} if mask is None else {"mask": mask}))
         with torch.no_grad():
@@ -64,6 +71,7 @@ class ContrastiveEncoderModule(L.LightningModule):
         """GradCache step (embed_lm/training/losses/cached_infonce.py) under manual optimisation."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
+        self._log_negative_pool(len(batch["queries"]), len(batch["documents"]))
         loss = self.loss_fn.backward_step(self.encoder, batch["queries"], batch["documents"],
                                           mask=self._duplicate_mask(batch))
         average_gradients(p for p in self.parameters() if p.requires_grad)  # what DDP's reducer would do
@@ -81,9 +89,18 @@ class ContrastiveEncoderModule(L.LightningModule):
         self.log("train/masked_duplicates", mask.sum().float(), batch_size=len(batch["query_ids"]))
         return mask
 
+    def _log_negative_pool(self, n_queries: int, n_documents: int) -> None:
+        """Once, on rank 0, at the first step: which negatives each query sees (loss.gather_across_devices)."""
+        if not self._pool_logged and self.global_rank == 0 and hasattr(self.loss_fn, "negative_pool"):
+            log.info(self.loss_fn.negative_pool(n_queries, n_documents))
+        self._pool_logged = True
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes."""
-        if self.grad_clip:
+        """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes.
+        FSDP: the norm over every rank's gradient shards (FSDP.clip_grad_norm_; Lightning refuses norm clipping)."""
+        if self.grad_clip and isinstance(self.trainer.model, FSDP):
+            self.trainer.model.clip_grad_norm_(self.grad_clip)
+        elif self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     # --- evaluation: dataloader 0 = queries, 1 = corpus of one RetrievalSplit -------------------------------
@@ -149,9 +166,13 @@ class ContrastiveEncoderModule(L.LightningModule):
         return max(0.0, (self._total_steps - step) / max(1, self._total_steps - self.warmup_steps))
 
     # --- small, exact checkpoints --------------------------------------------------------------------------
+    def trainable_names(self) -> set[str]:
+        """State-dict names of the trainable (LoRA) weights, whatever wraps the modules (FSDP, checkpointing)."""
+        return {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        trainable = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable}
         name, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: loadable with weights_only=True
         checkpoint["rng"] = {"python": random.getstate(),
                              "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
@@ -159,11 +180,11 @@ class ContrastiveEncoderModule(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        missing = trainable - set(checkpoint["state_dict"])
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); was it "
-                           "written by a run with the same backbone and lora_rank?")
+        if "state_dict" in checkpoint:  # absent when the strategy (FSDP, DeepSpeed) has loaded the weights itself
+            missing = self.trainable_names() - {clean_name(k) for k in checkpoint["state_dict"]}
+            if missing:
+                raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); was "
+                               "it written by a run with the same backbone and lora_rank?")
         self._pending_rng = checkpoint.get("rng")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

@@ -48,8 +48,8 @@ def replayed_rng(state: tuple) -> Iterator[None]:
 class CachedInfoNCELoss(InfoNCELoss):
     """`loss/cached_infonce.yaml`: InfoNCELoss + `mini_batch_size`, used through `backward_step`."""
 
-    def __init__(self, temperature: float = 0.02, mini_batch_size: int = 32, gather_across_devices: bool = False,
-                 local_loss: bool = True) -> None:
+    def __init__(self, temperature: float = 0.02, mini_batch_size: int = 32,
+                 gather_across_devices: bool | str = "auto", local_loss: bool = True) -> None:
         super().__init__(temperature, gather_across_devices, local_loss)
         if mini_batch_size < 1:
             raise ValueError(f"loss.mini_batch_size must be >= 1, got {mini_batch_size}")

@@ -8,10 +8,11 @@ For query i with positive d_i^+ and the batch's documents D = {d_1^+..d_B^+} U {
 Shapes: queries (B, D), positives (B, D), negatives (M, D) with M = B * N for N hard negatives per query (any M,
 including 0). Embeddings need not be normalised; the loss normalises them.
 
-Across devices (gather_across_devices=true): D becomes the documents of all W ranks (W*B positives, W*M negatives),
-gathered with gradients by embed_lm.training.distributed.gather_with_grad. local_loss=true (default) scores only this
-rank's queries, positive of local query i at global column rank*B + i; local_loss=false gathers the queries too
-and every rank computes the full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
+Across devices (gather_across_devices=auto, the default: on whenever world size W > 1; true/false force it): D
+becomes the documents of all W ranks (W*B positives, W*M negatives), gathered with gradients by
+embed_lm.training.distributed.gather_with_grad. local_loss=true (default) scores only this rank's queries, positive
+of local query i at global column rank*B + i; local_loss=false gathers the queries too and every rank computes the
+full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
 See embed_lm/training/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
 
 Duplicates (optional `mask`, (B, P + M) bool, True = not a negative for that query): a document whose text equals
@@ -19,7 +20,8 @@ query i's positive, and the positive of another query with i's own text, are lef
 logits become -inf); the label column is never masked. `InfoNCELoss.duplicate_mask(query_ids, doc_ids)` builds it
 from the collator's 64-bit text ids, gathered across ranks exactly as the embeddings are.
 
-    python -m embed_lm.train loss=infonce loss.temperature=0.02 loss.gather_across_devices=true
+    python -m embed_lm.train loss=infonce loss.temperature=0.02 trainer=ddp     # gathers (auto: world size > 1)
+    python -m embed_lm.train ... trainer=ddp loss.gather_across_devices=false     # each rank: its own negatives only
 """
 
 from __future__ import annotations
@@ -55,14 +57,40 @@ def duplicate_mask(query_ids: Tensor, column_query_ids: Tensor, doc_ids: Tensor,
     return mask
 
 
+def parse_gather(value: bool | str) -> bool | str:
+    """loss.gather_across_devices: True, False or "auto" (on when more than one process trains)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() == "auto":
+        return "auto"
+    raise ValueError(f"loss.gather_across_devices must be auto, true or false, got {value!r}")
+
+
 class InfoNCELoss:
     """Callable config wrapper: `loss/infonce.yaml` -> InfoNCELoss(temperature=0.02, ...)."""
 
-    def __init__(self, temperature: float = 0.02, gather_across_devices: bool = False, local_loss: bool = True
+    def __init__(self, temperature: float = 0.02, gather_across_devices: bool | str = "auto", local_loss: bool = True
                  ) -> None:
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        self.temperature, self.gather, self.local_loss = temperature, gather_across_devices, local_loss
+        self.temperature, self.local_loss = temperature, local_loss
+        self.gather_setting = parse_gather(gather_across_devices)
+
+    @property
+    def gather(self) -> bool:
+        """Whether this call gathers: the explicit setting, or (auto) world size > 1."""
+        return world()[1] > 1 if self.gather_setting == "auto" else self.gather_setting
+
+    def negative_pool(self, n_queries: int, n_documents: int) -> str:
+        """One line for the start-up log: the pool each query is scored against, per rank and across ranks."""
+        _, size = world()
+        if not self.gather:
+            why = "loss.gather_across_devices=false" if size > 1 else "one process"
+            return (f"negatives: per rank only ({why}): {n_queries} queries x {n_documents} documents per rank"
+                    f"{'' if size == 1 else f', world size {size}'}")
+        return (f"cross-device negatives: on (loss.gather_across_devices={self.gather_setting}, world size {size}): "
+                f"global pool {size * n_queries} queries x {size * n_documents} documents "
+                f"({n_queries} x {n_documents} per rank)")
 
     def __call__(self, queries: Tensor, positives: Tensor, negatives: Tensor | None, mask: Tensor | None = None
                  ) -> Tensor:
@@ -89,5 +117,5 @@ class InfoNCELoss:
         return duplicate_mask(all_queries, all_queries, columns)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(temperature={self.temperature}, gather_across_devices={self.gather}, "
+        return (f"{type(self).__name__}(temperature={self.temperature}, gather_across_devices={self.gather_setting}, "
                 f"local_loss={self.local_loss})")
