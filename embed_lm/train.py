@@ -6,6 +6,7 @@
     python -m embed_lm.train backbone=tiny_mistral data=sample debug=smoke
     python -m embed_lm.train ... ckpt_path=<run dir>/checkpoints/last.ckpt      # resume a killed run
     python -m embed_lm.train --cfg job                          # print the resolved config
+    python -m embed_lm.train -m 'ablation=glob(*)' trainer=ddp_cpu   # a sweep; each row its own process group
 
 Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter + tokenizer + resolved config),
 csv/metrics.csv, wandb/ (offline unless a key is set), and test_metrics.json.
