@@ -185,7 +185,8 @@ def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    own_process = (multirun and hydra_cfg.launcher._target_.endswith(".BasicLauncher")
+    local_launcher = hydra_cfg.launcher._target_.endswith((".BasicLauncher", ".JoblibLauncher"))  # not SLURM's
+    own_process = (multirun and local_launcher
                    and local_processes(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1)) > 1)
     try:
         metrics = (train_in_own_process(list(hydra_cfg.overrides.task), Path(cfg.paths.output_dir)) if own_process

@@ -29,7 +29,8 @@ def agent_command(monkeypatch, tmp_path, args: dict) -> tuple[list[str], dict]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its `python`
     agent = wandb_agent.Agent.__new__(wandb_agent.Agent)
-    agent._sweep_command, agent._function, agent._in_jupyter, agent._forward_signals = SPEC["command"], None, False, False
+    agent._sweep_command, agent._function = SPEC["command"], None
+    agent._in_jupyter, agent._forward_signals = False, False
     agent._run_processes, agent._last_report_time = {}, None
     agent._command_run({"run_id": "abc123", "program": SPEC["program"],
                         "args": {k: {"value": v} for k, v in args.items()}})

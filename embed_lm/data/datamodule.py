@@ -77,8 +77,8 @@ class EvalCollator:
     def __init__(self, collator: TextCollator) -> None:
         self.collator = collator
 
-    def __call__(self, item: tuple[list[int], list[tuple[list[int], list[int]]]]) -> tuple[torch.Tensor, TokenizedBatch]:
-        indices, rows = item
+    def __call__(self, item: tuple[list[int], list]) -> tuple[torch.Tensor, TokenizedBatch]:
+        indices, rows = item  # rows: (token ids, instruction flags) from TextCollator.tokenize
         return torch.tensor(indices, dtype=torch.long), self.collator.pad(rows)  # (b,), (b, L)
 
 
