@@ -9,6 +9,11 @@ once and sorted by exact token count, so a batch of similar lengths wastes almos
 alone padded the sample data by ~35%). With `max_tokens` a batch holds as many texts as fit the budget at its
 longest text's token count (long documents one or a few at a time). Runs under torch.inference_mode(); returns
 float32 L2-normalised embeddings on the CPU in input order.
+
+Sharding over W processes (`shard=(rank, W)`): every rank cuts the same batches and encodes batches rank, rank + W,
+...; the batches are those of one process, so the gathered rows equal a single process's. Validation/test
+(embed_lm/data/datamodule.py) and the mteb adapter (embed_lm/eval/mteb_encoder.py) batch through `length_batches`
+too.
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ from torch import Tensor
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.model.instructions import InstructionStyle
+
+
+def length_batches(lengths: Sequence[int], batch_size: int = 64, max_tokens: int | None = None) -> list[list[int]]:
+    """Row index lists, longest rows first: batch_size rows a batch, or, with max_tokens, as many rows as fit the
+    budget at the batch's first (longest) row. Rows of equal length keep their input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[part] for part in Embedder.batches([lengths[i] for i in order], batch_size, max_tokens)]
 
 
 class Embedder:
@@ -62,16 +74,17 @@ class Embedder:
 
     @torch.inference_mode()
     def iter_encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,
-                    max_tokens: int | None = None) -> Iterator[tuple[list[int], Tensor]]:
+                    max_tokens: int | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[list[int], Tensor]]:
         """Yield (indices, embeddings (b, D)) batch by batch, for streaming large inputs to disk.
 
         Each window of texts is tokenized once, sorted by exact token count (so a batch pads to within a token or
-        two of its rows) and cut into batches; the windows bound the memory the token ids take."""
+        two of its rows) and cut into batches; the windows bound the memory the token ids take. With
+        shard=(rank, W) only every W-th batch, from the rank-th, is encoded."""
+        rank, world = shard
         for window in self.windows(texts):
             rows = self.collator.tokenize([prefix] * len(window), [texts[i] for i in window])
-            rank = sorted(range(len(rows)), key=lambda j: -len(rows[j][0]))
-            for part in self.batches([len(rows[j][0]) for j in rank], batch_size, max_tokens):
-                picked = rank[part]
+            for picked in length_batches([len(ids) for ids, _ in rows], batch_size, max_tokens)[rank::world]:
                 batch = self.collator.pad([rows[j] for j in picked]).to(self.device)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     emb = self.encoder(batch)  # (b, D)
@@ -80,7 +93,7 @@ class Embedder:
     def encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,
                max_tokens: int | None = None, progress=None) -> Tensor:
         out: Tensor | None = None
-        for idx, emb in self.iter_encode(texts, prefix, batch_size, max_tokens):
+        for idx, emb in self.iter_encode(texts, prefix, batch_size, max_tokens):  # emb (b, D)
             if out is None:
                 out = torch.empty(len(texts), emb.size(1))  # (N, D)
             out[idx] = emb

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -24,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from embed_lm import conf_resolvers
 from embed_lm.eval.mteb_encoder import MtebEncoder
-from embed_lm.eval.scores import TaskScore, format_table, write_scores
+from embed_lm.eval.scores import TaskScore, format_table, summarize, write_scores
 from embed_lm.eval.suites import DatasetUnavailableError, UnknownTaskError, build_tasks
 from embed_lm.runs import RunNotFoundError, load_base, load_run
+from embed_lm.training.distributed import world
 
 log = logging.getLogger("embed_lm.evaluate")
 conf_resolvers.register()
@@ -34,7 +36,28 @@ USER_ERRORS = (RunNotFoundError, UnknownTaskError, DatasetUnavailableError, File
 
 
 def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if device == "cuda" and world()[1] > 1:
+        return f"cuda:{torch.cuda.current_device()}"  # each rank its own GPU
+    return device
+
+
+class ReadOnlyResultCache(mteb.ResultCache):
+    """Ranks > 0: see the tasks rank 0 finished (so every rank skips the same ones), write nothing."""
+
+    def save_to_cache(self, *args, **kwargs) -> None:
+        return None
+
+
+def init_from_launcher() -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment), one GPU per local rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or world()[1] > 1:
+        return
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def run_folder(run: str) -> Path:
@@ -81,15 +104,20 @@ def evaluate(cfg: DictConfig) -> dict:
         embedder, name = load_base(cfg, device=device, max_length=cfg.max_length), f"base-{cfg.backbone.name}"
     out = output_dir_for(cfg)
     model = MtebEncoder(embedder, name=f"embed_lm/{name}", batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
-    cache = mteb.ResultCache(cache_path=str(out / "mteb_cache"))
+    rank, size = world()
+    cache = (mteb.ResultCache if rank == 0 else ReadOnlyResultCache)(cache_path=str(out / "mteb_cache"))
     log.info("evaluating %s on %d %s task(s); results in %s", name, len(tasks), cfg.eval.suite, out)
     results = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="always" if cfg.overwrite else
-                            "only-missing", raise_error=cfg.raise_error, show_progress_bar=True)
+                            "only-missing", raise_error=cfg.raise_error, show_progress_bar=rank == 0)
+    log.info("rank %d of %d encoded %d texts itself", rank, size, model.encoded)
     by_name = {tr.task_name: tr for tr in results.task_results}
     scores = [TaskScore(t.metadata.name, t.metadata.type, t.metadata.main_score,
                         100 * float(by_name[t.metadata.name].get_score())) for t in tasks if t.metadata.name in by_name]
     missing = [t.metadata.name for t in tasks if t.metadata.name not in by_name]
     command = "python -m embed_lm.evaluate " + " ".join(sys.argv[1:])
+    if rank > 0:
+        return summarize(scores) | {"suite": cfg.eval.suite, "missing_tasks": missing,
+                                    "tasks": [asdict(t) | {"category": t.category} for t in scores]}
     report = write_scores(out, scores, {"suite": cfg.eval.suite, "model": name, "command": command,
                                         "missing_tasks": missing,
                                         "instructions": {f"{k[0]}/{k[1]}": v for k, v in model.prefixes_used.items()}})
@@ -105,6 +133,7 @@ def evaluate(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    init_from_launcher()
     try:
         return evaluate(cfg)["avg"]
     except USER_ERRORS as e:

@@ -6,6 +6,7 @@
     python -m embed_lm.train backbone=tiny_mistral data=sample debug=smoke
     python -m embed_lm.train ... ckpt_path=<run dir>/checkpoints/last.ckpt      # resume a killed run
     python -m embed_lm.train --cfg job                          # print the resolved config
+    python -m embed_lm.train -m 'ablation=glob(*)' trainer=ddp_cpu   # a sweep; each row its own process group
 
 Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter + tokenizer + resolved config),
 csv/metrics.csv and csv/curves.png (python -m embed_lm.report runs <run>... for several), wandb/ (offline
@@ -17,12 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -35,6 +39,7 @@ from embed_lm.curves import write_run_curves
 from embed_lm.training import run_record
 from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
 from embed_lm.training.callbacks import SaveEmbedder
+from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
 from embed_lm.model.collator import TextCollator
 from embed_lm.data.records import DataFormatError
 from embed_lm.model.encoder import TextEncoder
@@ -62,17 +67,24 @@ def format_metrics(before: dict[str, float] | None, after: dict[str, float]) -> 
     return "\n".join(rows)
 
 
-def evaluate_after_training(cfg: DictConfig, output_dir: Path, loggers: list) -> dict | None:
-    """Run the `eval` group's suite on the run just written (python -m embed_lm.evaluate), log the scores to the
-    run's own loggers, return the scores report."""
+def evaluate_after_training(cfg: DictConfig, output_dir: Path, loggers: list, device: str = "auto",
+                            rank: int = 0) -> dict | None:
+    """Run the `eval` group's suite on the run just written (python -m embed_lm.evaluate) on every rank of the
+    run, each encoding 1/W of every task's texts on its own device; rank 0 logs the scores to the run's own
+    loggers and returns the scores report (None on the other ranks)."""
     if cfg.get("eval") is None:
         return None
     from embed_lm.evaluate import evaluate
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    eval_cfg = OmegaConf.create(resolved["evaluation"] | {"run": str(output_dir), "output_dir": None,
-                                                          "eval": resolved["eval"], "paths": resolved["paths"]})
+    evaluation = resolved["evaluation"]
+    if evaluation["device"] == "auto":
+        evaluation["device"] = device  # the rank's own device
+    eval_cfg = OmegaConf.create(evaluation | {"run": str(output_dir), "output_dir": None, "eval": resolved["eval"],
+                                              "paths": resolved["paths"]})
     report = evaluate(eval_cfg)
+    if rank > 0:
+        return None
     suite = cfg.eval.suite
     scores = {f"eval/{suite}/{c}": v for c, v in report["categories"].items() if v is not None}
     scores |= {f"eval/{suite}/avg": report["avg"]} | {f"eval/{suite}/{t['task']}": t["score"] for t in report["tasks"]}
@@ -122,6 +134,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not loggers:  # logger=none: nothing to monitor learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SaveEmbedder(output_dir / "embedder", config_yaml, backbone.tokenizer))
+    if any(isinstance(lg, ResumableCSVLogger) for lg in loggers):
+        callbacks.append(KeepCsvHistory())
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -135,25 +149,56 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     after = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
         has_test and cfg.test_after_training) else {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if not trainer.is_global_zero:
-        return after
-    write_run_curves(output_dir)  # csv/curves.png: loss, learning rate, val nDCG@10 against the step
-    if has_test:
+    rank = trainer.global_rank
+    if rank == 0:
+        write_run_curves(output_dir)  # csv/curves.png: loss, learning rate, val nDCG@10 against the step
+    if has_test and rank == 0:
         (output_dir / "test_metrics.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
         print(f"\nHeld-out retrieval ({cfg.data.name} test split), run folder {output_dir}:\n"
               f"{format_metrics(before, after)}\n")
-    report = evaluate_after_training(cfg, output_dir, loggers)
+    report = evaluate_after_training(cfg, output_dir, loggers, str(trainer.strategy.root_device), rank)
+    if rank > 0:
+        return after
     run_record.mark_done(output_dir, cfg, after, None if report is None else
                          {k: report[k] for k in ("suite", "categories", "avg", "n_tasks", "missing_tasks")})
     return after
 
 
+def local_processes(accelerator: str, devices) -> int:
+    """How many processes Lightning starts on this machine for trainer.accelerator / trainer.devices."""
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if str(devices) in ("auto", "-1"):
+        return torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 1
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    return int(devices)
+
+
+def train_in_own_process(overrides: list[str], output_dir: Path) -> dict[str, float]:
+    """One multirun job as `python -m embed_lm.train <its overrides>` in a child process. Lightning starts a
+    multi-device job's ranks by re-running the command line; from inside a multirun that command is the whole
+    sweep (`-m ablation=glob(*)`), so every rank would run its own sweep. The child's command is the one row."""
+    cmd = [sys.executable, "-m", "embed_lm.train", *overrides, f'hydra.run.dir="{output_dir}"',
+           "hydra.output_subdir=null"]  # the sweep job wrote .hydra/ already
+    log.info("multirun job with several devices: running it as its own process group: %s", shlex.join(cmd))
+    status = subprocess.run(cmd).returncode
+    if status != 0:
+        raise RuntimeError(f"the job's process exited with status {status} (its log is above): {shlex.join(cmd)}")
+    return json.loads((output_dir / run_record.DONE).read_text())["metrics"]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    local_launcher = hydra_cfg.launcher._target_.endswith((".BasicLauncher", ".JoblibLauncher"))  # not SLURM's
+    own_process = (multirun and local_launcher
+                   and local_processes(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1)) > 1)
     try:
-        metrics = train(cfg)
+        metrics = (train_in_own_process(list(hydra_cfg.overrides.task), Path(cfg.paths.output_dir)) if own_process
+                   else train(cfg))
     except Exception as e:
         if multirun:  # one failed job must not stop the sweep: record it, let the others run, the report lists it
             log.exception("job failed: %s", e)

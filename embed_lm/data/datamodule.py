@@ -10,7 +10,11 @@ of the texts, with which the loss masks duplicates (a copy of a query's positive
 gets exactly N negatives: extra ones are dropped, missing ones are filled with other examples' positives from the
 same part (counted, logged). Sources are Arrow tables cached under `data.cache_dir` (embed_lm/data/tables.py),
 built by `prepare_data` on local rank 0 and memory-mapped by every rank and worker.
-Eval batch: (indices (b,), TokenizedBatch) over queries (dataloader 0) and corpus (dataloader 1), length-sorted.
+Eval batch: (indices (b,), TokenizedBatch) over queries (dataloader 2k) and corpus (dataloader 2k+1) of eval split k,
+cut as `encode` cuts them (embed_lm/embedder.py `length_batches`: tokenized once, sorted by exact token count, eval_batch_size rows
+or eval_max_tokens a batch). With W ranks each rank gets batches rank, rank + W, ... (every rank tokenizes the split,
+which is cheap; the encoding is split W ways) and the module gathers the rows; ranks with one batch fewer get a
+one-row filler batch of index -1, so every rank runs the same number of forward passes (FSDP needs that).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from embed_lm.embedder import length_batches
 from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample
@@ -129,21 +134,35 @@ class PairCollator:
 
 
 class EvalCollator:
+    """(row indices, tokenized rows) of one prepared batch -> (indices (b,), TokenizedBatch (b, L))."""
+
     def __init__(self, collator: TextCollator) -> None:
         self.collator = collator
 
-    def __call__(self, items: list[tuple[int, str, str]]) -> tuple[torch.Tensor, TokenizedBatch]:
-        indices = torch.tensor([i for i, _, _ in items])  # (b,)
-        return indices, self.collator([p for _, p, _ in items], [t for _, _, t in items])
+    def __call__(self, item: tuple[list[int], list]) -> tuple[torch.Tensor, TokenizedBatch]:
+        indices, rows = item  # rows: (token ids, instruction flags) from TextCollator.tokenize
+        return torch.tensor(indices, dtype=torch.long), self.collator.pad(rows)  # (b,), (b, L)
 
 
-def eval_items(split: RetrievalSplit, style: InstructionStyle) -> tuple[list, list]:
-    """(index, prefix, text) for queries and corpus, longest first so batches waste little padding."""
+def shard_batches(texts: list[str], prefix: str, collator: TextCollator, batch_size: int, max_tokens: int | None,
+                  rank: int = 0, world: int = 1) -> list[tuple[list[int], list]]:
+    """This rank's (row indices, tokenized rows) batches of `texts`, cut as `encode` cuts them; every rank gets
+    ceil(batches / W) of them (a one-row filler batch of index -1 evens the count)."""
+    rows = collator.tokenize([prefix] * len(texts), texts)
+    batches = length_batches([len(ids) for ids, _ in rows], batch_size, max_tokens)
+    mine = [(b, [rows[i] for i in b]) for b in batches[rank::world]]
+    if batches and len(mine) < -(-len(batches) // world):
+        mine.append(([-1], [rows[batches[-1][-1]]]))  # the shortest row; its embedding is dropped
+    return mine
+
+
+def eval_batches(split: RetrievalSplit, style: InstructionStyle, collator: TextCollator, batch_size: int,
+                 max_tokens: int | None = None, rank: int = 0, world: int = 1) -> tuple[list, list]:
+    """This rank's query batches and corpus batches (row = position in split.queries / split.corpus)."""
     q_prefix = style.query_prefix(split.task, split.task_kind)
     d_prefix = style.document_prefix(split.task, split.task_kind)
-    queries = [(i, q_prefix, t) for i, t in enumerate(split.queries.values())]
-    corpus = [(i, d_prefix, t) for i, t in enumerate(split.corpus.values())]
-    return (sorted(queries, key=lambda x: -len(x[2])), sorted(corpus, key=lambda x: -len(x[2])))
+    return (shard_batches(list(split.queries.values()), q_prefix, collator, batch_size, max_tokens, rank, world),
+            shard_batches(list(split.corpus.values()), d_prefix, collator, batch_size, max_tokens, rank, world))
 
 
 class ResumableDataLoader(DataLoader):
@@ -166,7 +185,8 @@ class ContrastiveDataModule(L.LightningDataModule):
                  single_source_batches: bool = True, dev: BeirSplit | None = None, test: BeirSplit | None = None,
                  eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0, max_length: int = 512,
                  cache_dir: str = ".cache/data", pretokenize: bool = False,
-                 extra_tests: dict[str, BeirSplit] | None = None) -> None:
+                 extra_tests: dict[str, BeirSplit] | None = None,
+                 eval_max_tokens: int | None = None) -> None:
         super().__init__()
         if not any(s is not None for s in (sources or {}).values()):
             raise ValueError("data.sources is empty: configure at least one training source")
@@ -181,7 +201,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         # issue 12 item 6 (transfer): more test splits, logged as test_<name>/<metric> (e.g. another domain, or the
         # test split asked with a reworded instruction)
         self.split_specs |= {f"test_{name}": spec for name, spec in (extra_tests or {}).items() if spec is not None}
-        self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.eval_batch_size, self.eval_max_tokens, self.num_workers = eval_batch_size, eval_max_tokens, num_workers
         self.max_length = max_length  # the collator was built with it; kept for the record
         self.cache_dir, self.pretokenize = cache_dir, pretokenize
         self.dataset: MixtureDataset | None = None
@@ -250,19 +270,24 @@ class ContrastiveDataModule(L.LightningDataModule):
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                    collate_fn=PairCollator(self.collator, self.style), batches_done=batches_done)
 
-    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+    def eval_loaders(self, stage: str, rank: int = 0, world: int = 1) -> list[DataLoader]:
         split = self.splits.get(stage)
         if split is None:
             return []
-        return [DataLoader(items, batch_size=self.eval_batch_size, num_workers=self.num_workers,
-                           collate_fn=EvalCollator(self.collator)) for items in eval_items(split, self.style)]
+        if world > 1:
+            log.info("%s: each of %d ranks encodes 1/%d of the %d queries and %d documents", stage, world, world,
+                     len(split.queries), len(split.corpus))
+        return [DataLoader(batches, batch_size=None, num_workers=self.num_workers,
+                           collate_fn=EvalCollator(self.collator))
+                for batches in eval_batches(split, self.style, self.collator, self.eval_batch_size,
+                                            self.eval_max_tokens, rank, world)]
 
     def eval_splits(self, stage: str) -> list[tuple[str, RetrievalSplit]]:
         """(metric prefix, split) for a stage: loaders 2k and 2k+1 hold split k's queries and corpus."""
         return [(name, split) for name, split in self.splits.items() if name.split("_")[0] == stage]
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
+        return self.eval_loaders("val", *self._rank())
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [loader for name, _ in self.eval_splits("test") for loader in self._eval_loaders(name)]
+        return [loader for name, _ in self.eval_splits("test") for loader in self.eval_loaders(name, *self._rank())]

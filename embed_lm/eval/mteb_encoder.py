@@ -5,6 +5,12 @@
 
 Each `encode` call applies the run's instruction style with the paper's per-task instruction
 (embed_lm/eval/instructions.py) and returns float32 L2-normalised embeddings (cosine similarity).
+
+With W processes (the ranks of a training run, or `torchrun --nproc_per_node=W -m embed_lm.evaluate`) every rank
+runs mteb on the same tasks; inside each `encode` call a rank encodes 1/W of the length-sorted batches
+(Embedder.iter_encode's shard) and the rows are gathered to every rank, so mteb's scoring sees the whole matrix
+everywhere (scoring is repeated per rank: it is small next to encoding; only rank 0 writes results).
+`encoded` counts the texts this rank encoded itself.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
 from embed_lm.embedder import Embedder
+from embed_lm.training.distributed import gather_rows, world
 from embed_lm.eval.instructions import task_instruction, task_kind
 
 
@@ -36,6 +44,7 @@ class MtebEncoder(AbsEncoder):
         self.embedder, self.batch_size, self.max_tokens = embedder, batch_size, max_tokens
         self.mteb_model_meta = model_meta(name, embedder, revision)
         self.prefixes_used: dict[tuple[str, str], str] = {}  # (task, prompt type) -> prefix, for the record
+        self.encoded = 0
 
     def prefix(self, task_metadata, prompt_type: PromptType | None) -> str:
         style = self.embedder.style
@@ -51,6 +60,17 @@ class MtebEncoder(AbsEncoder):
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
         texts = [t for batch in inputs for t in batch["text"]]
-        emb = self.embedder.encode(texts, self.prefix(task_metadata, prompt_type), batch_size=self.batch_size,
-                                   max_tokens=self.max_tokens)
-        return emb.numpy()
+        prefix = self.prefix(task_metadata, prompt_type)
+        rank, size = world()
+        if size == 1:
+            self.encoded += len(texts)
+            return self.embedder.encode(texts, prefix, batch_size=self.batch_size, max_tokens=self.max_tokens).numpy()
+        chunks = list(self.embedder.iter_encode(texts, prefix, self.batch_size, self.max_tokens, shard=(rank, size)))
+        indices = torch.tensor([i for idx, _ in chunks for i in idx], dtype=torch.long)  # (n_r,)
+        dim = self.embedder.encoder.backbone.config.hidden_size
+        emb = torch.cat([e for _, e in chunks]) if chunks else torch.empty(0, dim)  # (n_r, D)
+        self.encoded += len(indices)
+        indices, emb = gather_rows(indices), gather_rows(emb)  # (N,), (N, D) on every rank
+        out = torch.empty(len(texts), emb.size(1))  # (N, D)
+        out[indices] = emb
+        return out.numpy()

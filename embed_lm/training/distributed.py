@@ -1,5 +1,6 @@
-"""The one place that talks across devices: embeddings gathered from every rank *with* gradients, and the
-gradient all-reduce that the cached (GradCache) loss does itself.
+"""The one place that talks across devices: embeddings gathered from every rank *with* gradients, the gradient
+all-reduce that the cached (GradCache) loss does itself, and, for evaluation (no gradients), rows of different
+counts per rank gathered in rank order plus a small result broadcast from rank 0.
 
 Convention (open_clip's local loss): each rank scores its own B queries against the documents of all W ranks and
 takes the mean over its queries. all_gather's backward sums, into each rank's local embeddings, the gradients
@@ -42,3 +43,43 @@ def average_gradients(parameters) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(size)
+
+
+def _collective_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo (CPU runs) moves CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def gather_rows(x: Tensor, to_all: bool = True) -> Tensor | None:
+    """Concatenate x (n_r, ...) from all ranks in rank order, n_r may differ per rank: (sum n_r, ...) on the CPU,
+    on every rank (to_all) or on rank 0 only (None elsewhere). No gradients: for evaluation."""
+    rank, size = world()
+    if size == 1:
+        return x.cpu()
+    device = _collective_device()
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([x.size(0)], device=device))
+    counts = [int(c) for c in counts]
+    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=device)  # (max n_r, ...)
+    padded[:x.size(0)] = x
+    parts = [torch.empty_like(padded) for _ in range(size)] if to_all or rank == 0 else None
+    if to_all:
+        dist.all_gather(parts, padded)
+    else:
+        dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return None
+    return torch.cat([p[:n] for p, n in zip(parts, counts)]).cpu()  # (sum n_r, ...)
+
+
+def broadcast_from_first(obj):
+    """Rank 0's picklable `obj` on every rank (e.g. metrics computed once)."""
+    _, size = world()
+    if size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

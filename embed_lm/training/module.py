@@ -4,8 +4,9 @@
 
 Training step: queries (B, L) and documents (M, L) -> embeddings (B, D), (M, D) -> loss(q, d[:B], d[B:]).
 Optimiser (paper): AdamW lr 1e-4, weight decay 0.1 over the LoRA parameters, linear warmup (100 steps) then linear
-decay to 0 over the run. Validation/test: encode queries (dataloader 0) and corpus (dataloader 1) of the split,
-log `val/ndcg@10`, `val/mrr@10`, `val/recall@100` (or `test/...`).
+decay to 0 over the run. Validation/test: encode queries (dataloader 0) and corpus (dataloader 1) of the split, each
+rank its 1/W of the length-sorted batches, gather the rows on rank 0, score once, log `val/ndcg@10`, `val/mrr@10`,
+`val/recall@100` (or `test/...`) with the same value on every rank.
 Checkpoints hold only the trainable (LoRA) weights, optimiser and RNG state, so a 7B run's checkpoint is small
 and `ckpt_path=...` resumes exactly.
 """
@@ -24,7 +25,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from embed_lm.model.collator import TokenizedBatch
 from embed_lm.training.checkpoints import clean_name
-from embed_lm.training.distributed import average_gradients
+from embed_lm.training.distributed import average_gradients, broadcast_from_first, gather_rows
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
 from embed_lm.retrieval_metrics import retrieval_metrics
@@ -103,12 +104,15 @@ class ContrastiveEncoderModule(L.LightningModule):
         elif self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
-    # --- evaluation: dataloader 0 = queries, 1 = corpus of one RetrievalSplit -------------------------------
+    # --- evaluation: dataloader 0 = queries, 1 = corpus of one RetrievalSplit, sharded over the ranks ---------
     def _eval_step(self, batch: tuple[Tensor, TokenizedBatch], dataloader_idx: int) -> None:
-        indices, tokens = batch
-        self._eval_outputs.setdefault(dataloader_idx, []).append((indices.cpu(), self.encoder(tokens).cpu()))
+        indices, tokens = batch  # (b,), (b, L); index -1 = a filler row that evens the batch count across ranks
+        emb = self.encoder(tokens)  # (b, D)
+        keep = indices >= 0
+        self._eval_outputs.setdefault(dataloader_idx, []).append((indices[keep].cpu(), emb[keep].cpu()))
 
     def _eval_epoch_end(self, stage: str) -> None:
+        """Gather every rank's rows on rank 0, score once there, give every rank the same metrics."""
         outputs, self._eval_outputs = self._eval_outputs, {}
         datamodule = self.trainer.datamodule
         splits = datamodule.eval_splits(stage) if hasattr(datamodule, "eval_splits") else [
@@ -116,17 +120,28 @@ class ContrastiveEncoderModule(L.LightningModule):
         for k, (prefix, split) in enumerate(splits):
             if not {2 * k, 2 * k + 1} <= set(outputs):
                 continue
-            q_emb, c_emb = (self._ordered(outputs[i]) for i in (2 * k, 2 * k + 1))  # (Q, D), (C, D)
-            doc_index = {doc_id: i for i, doc_id in enumerate(split.corpus)}
-            relevant = [{doc_index[d]: r for d, r in split.qrels.get(qid, {}).items()} for qid in split.queries]
-            metrics = retrieval_metrics(q_emb, c_emb, relevant, recall_k=self.recall_k)
-            for name, value in metrics.items():
-                self.log(f"{prefix}/{name}", value, prog_bar=name == "ndcg@10" and k == 0, rank_zero_only=True)
+            q_emb, c_emb = (self._gathered(outputs[i], n) for i, n in ((2 * k, len(split.queries)),
+                                                                      (2 * k + 1, len(split.corpus))))  # (Q, D), (C, D)
+            metrics = None
+            if q_emb is not None:
+                doc_index = {doc_id: i for i, doc_id in enumerate(split.corpus)}
+                relevant = [{doc_index[d]: r for d, r in split.qrels.get(qid, {}).items()} for qid in split.queries]
+                metrics = retrieval_metrics(q_emb, c_emb, relevant, recall_k=self.recall_k)
+            metrics = broadcast_from_first(metrics)
+            for name, value in metrics.items():  # the same value on every rank: the mean over ranks is that value
+                self.log(f"{prefix}/{name}", value, prog_bar=name == "ndcg@10" and k == 0, sync_dist=True)
 
     @staticmethod
-    def _ordered(chunks: list[tuple[Tensor, Tensor]]) -> Tensor:
-        indices = torch.cat([i for i, _ in chunks])  # (n,)
-        emb = torch.cat([e for _, e in chunks])  # (n, D)
+    def _gathered(chunks: list[tuple[Tensor, Tensor]], n: int) -> Tensor | None:
+        """This rank's (indices, embeddings) chunks + every other rank's, in row order on rank 0: (n, D)."""
+        indices = gather_rows(torch.cat([i for i, _ in chunks]), to_all=False)  # (n,) on rank 0
+        emb = gather_rows(torch.cat([e for _, e in chunks]), to_all=False)  # (n, D) on rank 0
+        if indices is None:
+            return None
+        if indices.numel() != n or indices.unique().numel() != n:
+            raise RuntimeError(f"evaluation gathered {indices.numel()} rows ({indices.unique().numel()} distinct) "
+                               f"for {n} texts; validation and test need every batch (trainer.limit_val_batches "
+                               "and trainer.limit_test_batches = 1.0)")
         out = torch.empty_like(emb)
         out[indices] = emb
         return out
