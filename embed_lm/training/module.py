@@ -6,6 +6,10 @@ Training step: queries (B, L) and documents (M, L) -> embeddings (B, D), (M, D) 
 Optimiser (paper): AdamW lr 1e-4, weight decay 0.1 over the LoRA parameters, linear warmup (100 steps) then linear
 decay to 0 over the run. Validation/test: encode queries (dataloader 0) and corpus (dataloader 1) of the split,
 log `val/ndcg@10`, `val/mrr@10`, `val/recall@100` (or `test/...`).
+Every training step also logs `train/real_tokens` (non-padding tokens of its queries and documents),
+`train/pad_fraction` (padding share of the token positions its forward passes compute: the padded batch, or the
+length-sorted trimmed chunks of loss.micro_batch_* / the cached loss, or 0 with packing) and
+`train/tokens_per_s` (real tokens / wall time from the step's start to the end of its optimiser step).
 Checkpoints hold only the trainable (LoRA) weights, optimiser and RNG state, so a 7B run's checkpoint is small
 and `ckpt_path=...` resumes exactly.
 """
@@ -13,6 +17,7 @@ and `ckpt_path=...` resumes exactly.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -23,6 +28,7 @@ from torch import Tensor
 from embed_lm.model.collator import TokenizedBatch
 from embed_lm.training.distributed import average_gradients
 from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.length_batching import chunked_positions, embed_by_length, token_counts
 from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
 from embed_lm.retrieval_metrics import retrieval_metrics
 
@@ -46,10 +52,12 @@ class ContrastiveEncoderModule(L.LightningModule):
         self.encoder.train()  # from_pretrained returns eval mode; training turns the backbone's dropout on
 
     def training_step(self, batch: dict[str, TokenizedBatch], batch_idx: int) -> Tensor:
+        self._step_start = time.perf_counter()
+        self._token_stats = self._count_tokens(batch)
         if self.cached:
             return self._cached_training_step(batch)
-        q = self.encoder(batch["queries"])  # (B, D)
-        d = self.encoder(batch["documents"])  # (M, D)
+        q = self._embed(batch["queries"])  # (B, D)
+        d = self._embed(batch["documents"])  # (M, D)
         B = q.size(0)
         loss = self.loss_fn(q, d[:B], d[B:])
         with torch.no_grad():
@@ -70,6 +78,43 @@ class ContrastiveEncoderModule(L.LightningModule):
         scheduler.step()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
         return loss
+
+    def _micro_batches(self) -> tuple[int | None, int | None] | None:
+        """(rows, tokens) of the length-sorted chunks the step embeds, or None for one padded pass."""
+        if self.cached:
+            return (None, self.loss_fn.mini_batch_tokens) if self.loss_fn.mini_batch_tokens else (
+                self.loss_fn.mini_batch_size, None)
+        rows = getattr(self.loss_fn, "micro_batch_size", None)
+        tokens = getattr(self.loss_fn, "micro_batch_tokens", None)
+        return None if rows is None and tokens is None else (None if tokens else rows, tokens)
+
+    def _embed(self, batch: TokenizedBatch) -> Tensor:
+        chunks = self._micro_batches()
+        return self.encoder(batch) if chunks is None else embed_by_length(self.encoder, batch, *chunks)  # (b, D)
+
+    def _count_tokens(self, batch: dict[str, TokenizedBatch]) -> tuple[int, int]:
+        """(real tokens, token positions the forward passes compute) for this step's batch."""
+        real, padded = token_counts(batch["queries"], batch["documents"])
+        chunks = self._micro_batches()
+        if getattr(self.encoder, "packing", False):
+            return real, real
+        if chunks is not None:
+            padded = sum(chunked_positions(batch[k], *chunks) for k in ("queries", "documents"))
+        return real, padded
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log the step's token throughput (after its optimiser step, in both optimisation modes)."""
+        stats, self._token_stats = getattr(self, "_token_stats", None), None
+        if stats is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        real, computed = stats
+        elapsed = time.perf_counter() - self._step_start
+        B = len(batch["queries"])
+        self.log("train/real_tokens", float(real), batch_size=B)
+        self.log("train/pad_fraction", 1.0 - real / max(1, computed), batch_size=B)
+        self.log("train/tokens_per_s", real / max(elapsed, 1e-9), batch_size=B)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes."""

@@ -15,6 +15,11 @@ and every rank computes the full W*B-query loss (same gradients after DDP's aver
 See embed_lm/training/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
 
     python -m embed_lm.train loss=infonce loss.temperature=0.02 loss.gather_across_devices=true
+
+`micro_batch_size` / `micro_batch_tokens` (default null: one padded pass) are read by the training step, not by
+the loss: the queries and documents are then embedded as length-sorted micro-batches of that many rows (or that
+many padded tokens), each trimmed to its longest row and keeping its graph (embed_lm/model/length_batching.py).
+The embeddings, loss and gradients equal one padded pass (tested); the padding computed shrinks.
 """
 
 from __future__ import annotations
@@ -40,11 +45,15 @@ def info_nce_loss(queries: Tensor, positives: Tensor, negatives: Tensor | None, 
 class InfoNCELoss:
     """Callable config wrapper: `loss/infonce.yaml` -> InfoNCELoss(temperature=0.02, ...)."""
 
-    def __init__(self, temperature: float = 0.02, gather_across_devices: bool = False, local_loss: bool = True
-                 ) -> None:
+    def __init__(self, temperature: float = 0.02, gather_across_devices: bool = False, local_loss: bool = True,
+                 micro_batch_size: int | None = None, micro_batch_tokens: int | None = None) -> None:
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        for name, value in (("micro_batch_size", micro_batch_size), ("micro_batch_tokens", micro_batch_tokens)):
+            if value is not None and value < 1:
+                raise ValueError(f"loss.{name} must be >= 1 or null, got {value}")
         self.temperature, self.gather, self.local_loss = temperature, gather_across_devices, local_loss
+        self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
 
     def __call__(self, queries: Tensor, positives: Tensor, negatives: Tensor | None) -> Tensor:
         if not self.gather:
@@ -58,4 +67,6 @@ class InfoNCELoss:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(temperature={self.temperature}, gather_across_devices={self.gather}, "
-                f"local_loss={self.local_loss})")
+                f"local_loss={self.local_loss}" + ("" if self.micro_batch_size is None and self.micro_batch_tokens
+                                                   is None else f", micro_batch_size={self.micro_batch_size}, "
+                                                   f"micro_batch_tokens={self.micro_batch_tokens}") + ")")
