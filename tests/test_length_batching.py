@@ -26,8 +26,8 @@ def repad(data: TokenizedBatch, side: str, extra: int = 3) -> TokenizedBatch:
     rows = [ids[m.bool()].tolist() for ids, m in zip(data.input_ids, data.attention_mask)]
     instr = [f[m.bool()].tolist() for f, m in zip(data.instruction_mask, data.attention_mask)]
     out = padded([r + [0] * extra for r in rows], side)
-    real = padded([[1] * len(r) + [0] * extra for r in rows], side).attention_mask
-    flags = padded([f + [0] * extra for f in instr], side).attention_mask
+    real = padded([[1] * len(r) + [0] * extra for r in rows], side).input_ids  # 0 on every padding position
+    flags = padded([f + [0] * extra for f in instr], side).input_ids
     return TokenizedBatch(out.input_ids * real, real, flags)
 
 
