@@ -195,8 +195,11 @@ def part_st(modes: list[tuple[str, int, int]], steps: int, seq: int, rounds: int
                 out = subprocess.run([sys.executable, __file__, "--one-st", *map(str, args)], capture_output=True,
                                      text=True, cwd=ROOT)
                 if out.returncode:
-                    raise RuntimeError(f"{impl} {mode} failed: {out.stderr.strip()[-2000:]}")
+                    why = " (killed: out of memory?)" if out.returncode == -9 else ""
+                    raise RuntimeError(f"{impl} {mode} failed with exit {out.returncode}{why}: "
+                                       f"{out.stderr.strip()[-2000:]}")
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[-1]), flush=True)
         side = {impl: [x for x in runs if x["impl"] == impl] for impl in ("ours", "st")}
         rate = {impl: sum(x["examples_per_s"] for x in xs) / len(xs) for impl, xs in side.items()}
         results[mode] = {"batch": batch, "mini_batch": mini, "runs": runs,
@@ -234,8 +237,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--micro-tokens", type=int, default=4096, help="ours, plain loss: loss.micro_batch_tokens")
+    ap.add_argument("--micro-tokens", type=int, default=1024, help="ours, plain loss: loss.micro_batch_tokens")
     ap.add_argument("--mode", choices=["plain", "cached", "both"], default="both")
+    ap.add_argument("--plain-batch", type=int, default=64)
+    ap.add_argument("--cached-batch", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=32, help="cached loss: rows per chunk, both sides")
     ap.add_argument("--json", type=Path, help="also write the comparison's figures here")
     args = ap.parse_args(argv)
     results = None
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.quick:
             results = part_st([("plain", 4, 0), ("cached", 8, 2)], 1, 32, 2, 64, in_process=True)
         else:
-            modes = [m for m in [("plain", 64, 0), ("cached", 256, 32)] if args.mode in (m[0], "both")]
+            modes = [m for m in [("plain", args.plain_batch, 0), ("cached", args.cached_batch, args.chunk)]
+                     if args.mode in (m[0], "both")]
             results = part_st(modes, args.steps, args.seq, args.rounds, args.micro_tokens, in_process=False)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
