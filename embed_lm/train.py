@@ -125,7 +125,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                      backbone.lora_target_modules, cfg.gradient_checkpointing)
     log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
              f"{count_trainable(model):,}")
-    encoder = TextEncoder(model, instantiate(cfg.pooling))
+    encoder = TextEncoder(model, instantiate(cfg.pooling), packing=cfg.get("packing", False))
     module = ContrastiveEncoderModule(encoder, loss_fn, **cfg.optimizer)
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)

@@ -14,8 +14,9 @@ from embed_lm.model.instructions import NaturalInstruction
 from embed_lm.model.pooling import Pooling
 
 
-def tiny_encoder(dropout: float = 0.0, checkpointing: bool = False, seed: int = 0) -> TextEncoder:
-    backbone = TinyBackbone("tiny_mistral", "mistral").load()
+def tiny_encoder(dropout: float = 0.0, checkpointing: bool = False, seed: int = 0,
+                 architecture: str = "mistral") -> TextEncoder:
+    backbone = TinyBackbone(f"tiny_{architecture}", architecture).load()
     torch.manual_seed(seed)
     model = add_lora(backbone.model, 8, 16, dropout, backbone.lora_target_modules, checkpointing)
     for name, p in model.named_parameters():  # LoRA B starts at zero: give it values so every path carries gradient
@@ -34,6 +35,13 @@ def examples(n: int) -> list[TrainExample]:
     rows = [json.loads(line) for line in (SAMPLE / "train/synthetic/short_long.jsonl").open()][:n]
     return [TrainExample(r["user_query"], r["positive_document"], (r["hard_negative_document"],), r["task"],
                          "short-long") for r in rows]
+
+
+def varied_examples(n: int) -> list[TrainExample]:
+    """examples(n) with texts cut to varied word counts (2 to ~20 words), so rows differ in length."""
+    cut = lambda text, k: " ".join(text.split()[:k])  # noqa: E731
+    return [TrainExample(cut(e.query, 2 + i % 4), cut(e.positive, 3 + 5 * i % 17), (cut(e.negatives[0], 20 - 3 * i),),
+                         e.task, e.task_kind) for i, e in enumerate(examples(n))]
 
 
 def batch(exs: list[TrainExample], max_length: int = 24):

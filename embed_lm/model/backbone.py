@@ -107,8 +107,9 @@ class PretrainedBackbone:
 
     def __init__(self, name: str, model_name_or_path: str, append_eos: bool, lora_target_modules: list[str],
                  padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> None:
         self.name = name
+        self.attn_implementation = attn_implementation
         self.model_name_or_path = model_name_or_path
         self.append_eos = append_eos
         self.lora_target_modules = list(lora_target_modules)
@@ -128,8 +129,8 @@ class PretrainedBackbone:
         source, local_only = self._source
         kwargs = dict(local_files_only=local_only, trust_remote_code=self.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModel.from_pretrained(source, dtype=resolve_dtype(self.dtype), attn_implementation="sdpa",
-                                          **kwargs)
+        model = AutoModel.from_pretrained(source, dtype=resolve_dtype(self.dtype),
+                                          attn_implementation=self.attn_implementation, **kwargs)
         model.config.use_cache = False  # an embedder never decodes; a KV cache would only cost memory
         log.info("loaded backbone %s from %s (%s)", self.name, source, model.dtype)
         return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
@@ -150,7 +151,8 @@ class TinyBackbone:
                  num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 256,
                  max_position_embeddings: int = 32768, rope_theta: float = 10000.0,
                  sliding_window: int | None = 4096, tokenizer_path: str | None = None, seed: int = 0,
-                 append_eos: bool = True, padding_side: str = "right", dtype: str = "float32") -> None:
+                 append_eos: bool = True, padding_side: str = "right", dtype: str = "float32",
+                 attn_implementation: str = "sdpa") -> None:
         if architecture not in self.ARCHITECTURES:
             raise ValueError(f"backbone.architecture must be one of {self.ARCHITECTURES}, got {architecture!r}")
         self.name = name
@@ -168,6 +170,7 @@ class TinyBackbone:
         self.append_eos = append_eos
         self.padding_side = padding_side
         self.lora_target_modules = list(self.LORA_TARGETS)
+        self.attn_implementation = attn_implementation
 
     def check(self) -> None:
         if not Path(self.tokenizer_path, "tokenizer.json").is_file():
@@ -182,7 +185,7 @@ class TinyBackbone:
                                       pad_token_id=tokenizer.pad_token_id, **self.config_kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = AutoModel.from_config(config, attn_implementation="sdpa")
+            model = AutoModel.from_config(config, attn_implementation=self.attn_implementation)
         model = model.to(resolve_dtype(self.dtype))  # bfloat16: a bf16 frozen base, as the 7B models on GPUs
         model.config.use_cache = False
         return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
@@ -192,17 +195,20 @@ class TinyBackbone:
 def build_backbone(name: str, architecture: str, model_name_or_path: str, append_eos: bool,
                    lora_target_modules: list[str], size: str = "full", tiny: dict | None = None,
                    padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
-                   trust_remote_code: bool = False) -> PretrainedBackbone | TinyBackbone:
+                   trust_remote_code: bool = False, attn_implementation: str = "sdpa"
+                   ) -> PretrainedBackbone | TinyBackbone:
     """What every `backbone/<name>.yaml` builds. size=full: the pretrained model (hub id or local directory);
     size=tiny: a random-init model of the same architecture with the dimensions in `tiny` (CPU tests, smoke runs,
-    the CPU profile of the Table 4 sweep: `backbone.size=tiny`)."""
+    the CPU profile of the Table 4 sweep: `backbone.size=tiny`). attn_implementation: transformers' name
+    (sdpa, eager, flash_attention_2 with `packing=true` for padding-free varlen attention on GPUs)."""
     if size == "full":
         return PretrainedBackbone(name, model_name_or_path, append_eos, lora_target_modules, padding_side, dtype,
-                                  probe_timeout_s, trust_remote_code)
+                                  probe_timeout_s, trust_remote_code, attn_implementation)
     if size == "tiny":
         if not tiny:
             raise ValueError(f"backbone '{name}' has no tiny configuration (backbone.tiny); use size=full")
-        return TinyBackbone(name, architecture, append_eos=append_eos, padding_side=padding_side, **tiny)
+        return TinyBackbone(name, architecture, append_eos=append_eos, padding_side=padding_side,
+                            attn_implementation=attn_implementation, **tiny)
     raise ValueError(f"backbone.size must be 'full' or 'tiny', got {size!r}")
 
 

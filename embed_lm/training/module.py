@@ -7,6 +7,10 @@ Optimiser (paper): AdamW lr 1e-4, weight decay 0.1 over the LoRA parameters, lin
 decay to 0 over the run. Validation/test: encode queries (dataloader 0) and corpus (dataloader 1) of the split, each
 rank its 1/W of the length-sorted batches, gather the rows on rank 0, score once, log `val/ndcg@10`, `val/mrr@10`,
 `val/recall@100` (or `test/...`) with the same value on every rank.
+Every training step also logs `train/real_tokens` (non-padding tokens of its queries and documents),
+`train/pad_fraction` (padding share of the token positions its forward passes compute: the padded batch, or the
+length-sorted trimmed chunks of loss.micro_batch_* / the cached loss, or 0 with packing) and
+`train/tokens_per_s` (real tokens / wall time from the step's start to the end of its optimiser step).
 Checkpoints hold only the trainable (LoRA) weights, optimiser and RNG state, so a 7B run's checkpoint is small
 and `ckpt_path=...` resumes exactly.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -27,6 +32,7 @@ from embed_lm.model.collator import TokenizedBatch
 from embed_lm.training.checkpoints import clean_name
 from embed_lm.training.distributed import average_gradients, broadcast_from_first, gather_rows
 from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.length_batching import chunked_positions, embed_by_length, token_counts
 from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
 from embed_lm.retrieval_metrics import retrieval_metrics
 
@@ -53,10 +59,12 @@ class ContrastiveEncoderModule(L.LightningModule):
         self.encoder.train()  # from_pretrained returns eval mode; training turns the backbone's dropout on
 
     def training_step(self, batch: dict[str, TokenizedBatch], batch_idx: int) -> Tensor:
+        self._step_start = time.perf_counter()
+        self._token_stats = self._count_tokens(batch)
         if self.cached:
             return self._cached_training_step(batch)
-        q = self.encoder(batch["queries"])  # (B, D)
-        d = self.encoder(batch["documents"])  # (M, D)
+        q = self._embed(batch["queries"])  # (B, D)
+        d = self._embed(batch["documents"])  # (M, D)
         B = q.size(0)
         self._log_negative_pool(B, d.size(0))
         mask = self._duplicate_mask(batch)
@@ -95,6 +103,43 @@ class ContrastiveEncoderModule(L.LightningModule):
         if not self._pool_logged and self.global_rank == 0 and hasattr(self.loss_fn, "negative_pool"):
             log.info(self.loss_fn.negative_pool(n_queries, n_documents))
         self._pool_logged = True
+
+    def _micro_batches(self) -> tuple[int | None, int | None] | None:
+        """(rows, tokens) of the length-sorted chunks the step embeds, or None for one padded pass."""
+        if self.cached:
+            return (None, self.loss_fn.mini_batch_tokens) if self.loss_fn.mini_batch_tokens else (
+                self.loss_fn.mini_batch_size, None)
+        rows = getattr(self.loss_fn, "micro_batch_size", None)
+        tokens = getattr(self.loss_fn, "micro_batch_tokens", None)
+        return None if rows is None and tokens is None else (None if tokens else rows, tokens)
+
+    def _embed(self, batch: TokenizedBatch) -> Tensor:
+        chunks = self._micro_batches()
+        return self.encoder(batch) if chunks is None else embed_by_length(self.encoder, batch, *chunks)  # (b, D)
+
+    def _count_tokens(self, batch: dict[str, TokenizedBatch]) -> tuple[int, int]:
+        """(real tokens, token positions the forward passes compute) for this step's batch."""
+        real, padded = token_counts(batch["queries"], batch["documents"])
+        chunks = self._micro_batches()
+        if getattr(self.encoder, "packing", False):
+            return real, real
+        if chunks is not None:
+            padded = sum(chunked_positions(batch[k], *chunks) for k in ("queries", "documents"))
+        return real, padded
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log the step's token throughput (after its optimiser step, in both optimisation modes)."""
+        stats, self._token_stats = getattr(self, "_token_stats", None), None
+        if stats is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        real, computed = stats
+        elapsed = time.perf_counter() - self._step_start
+        B = len(batch["queries"])
+        self.log("train/real_tokens", float(real), batch_size=B)
+        self.log("train/pad_fraction", 1.0 - real / max(1, computed), batch_size=B)
+        self.log("train/tokens_per_s", real / max(elapsed, 1e-9), batch_size=B)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes.

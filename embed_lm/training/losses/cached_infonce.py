@@ -1,12 +1,16 @@
 """Cached InfoNCE (GradCache, Gao et al. 2021): InfoNCE over a large batch with the activation memory of a small one.
 
     python -m embed_lm.train loss=cached_infonce loss.mini_batch_size=32 data.batch_size=2048
+    python -m embed_lm.train loss=cached_infonce loss.mini_batch_tokens=8192 data.batch_size=2048  # token budget
 
 One training step, for queries (B, L) and documents (M, L):
-1. embed every chunk of `mini_batch_size` sequences without a graph, saving the RNG state before each chunk;
-2. compute InfoNCELoss (same formula, same cross-device convention) on those embeddings as leaf tensors and
-   backpropagate to them: g = dL/d embedding, (B, D) and (M, D);
-3. re-embed each chunk with a graph, RNG replayed so dropout masks equal step 1's, and backpropagate g_chunk.
+0. sort the queries, and apart from them the documents, by real length and cut them into chunks of
+   `mini_batch_size` sequences (or, with `mini_batch_tokens`, as many as fit that many padded tokens), each
+   trimmed to its own longest row (embed_lm/model/length_batching.py): a chunk of short texts runs short;
+1. embed every chunk without a graph, saving the RNG state before each chunk;
+2. put the embeddings back in input order and compute InfoNCELoss (same formula, same cross-device convention)
+   on them as leaf tensors, backpropagating to them: g = dL/d embedding, (B, D) and (M, D);
+3. re-embed each chunk with a graph, RNG replayed so dropout masks equal step 1's, and backpropagate its rows of g.
 Parameter gradients equal the plain loss's on the same forward passes (tested); peak activations are one chunk's.
 
 The step runs its own backward passes, so the LightningModule uses manual optimisation for it and averages
@@ -24,12 +28,14 @@ import torch
 from torch import Tensor
 
 from embed_lm.model.collator import TokenizedBatch
+from embed_lm.model.length_batching import length_chunks, restore_order
 from embed_lm.training.losses.infonce import InfoNCELoss
 
 
-def split_batch(batch: TokenizedBatch, size: int) -> list[TokenizedBatch]:
-    return [TokenizedBatch(batch.input_ids[i:i + size], batch.attention_mask[i:i + size],
-                           batch.instruction_mask[i:i + size]) for i in range(0, len(batch), size)]
+def split_batch(batch: TokenizedBatch, size: int | None, tokens: int | None = None
+                ) -> list[tuple[Tensor, TokenizedBatch]]:
+    """(row indices (b,), chunk (b, l)) pairs: rows sorted by real length, each chunk trimmed to its longest row."""
+    return length_chunks(batch, None if tokens is not None else size, tokens)
 
 
 def rng_state() -> tuple:
@@ -46,33 +52,40 @@ def replayed_rng(state: tuple) -> Iterator[None]:
 
 
 class CachedInfoNCELoss(InfoNCELoss):
-    """`loss/cached_infonce.yaml`: InfoNCELoss + `mini_batch_size`, used through `backward_step`."""
+    """`loss/cached_infonce.yaml`: InfoNCELoss + `mini_batch_size` (or `mini_batch_tokens`, which replaces the
+    row count by a budget of padded tokens per chunk), used through `backward_step`."""
 
     def __init__(self, temperature: float = 0.02, mini_batch_size: int = 32,
-                 gather_across_devices: bool | str = "auto", local_loss: bool = True) -> None:
+                 gather_across_devices: bool | str = "auto", local_loss: bool = True,
+                 mini_batch_tokens: int | None = None) -> None:
         super().__init__(temperature, gather_across_devices, local_loss)
         if mini_batch_size < 1:
             raise ValueError(f"loss.mini_batch_size must be >= 1, got {mini_batch_size}")
-        self.mini_batch_size = mini_batch_size
+        if mini_batch_tokens is not None and mini_batch_tokens < 1:
+            raise ValueError(f"loss.mini_batch_tokens must be >= 1 or null, got {mini_batch_tokens}")
+        self.mini_batch_size, self.mini_batch_tokens = mini_batch_size, mini_batch_tokens
+
+    def chunks(self, batch: TokenizedBatch) -> list[tuple[Tensor, TokenizedBatch]]:
+        return split_batch(batch, self.mini_batch_size, self.mini_batch_tokens)
 
     def backward_step(self, embed: Callable[[TokenizedBatch], Tensor], queries: TokenizedBatch,
                       documents: TokenizedBatch, replay_rng: bool = True, mask: Tensor | None = None) -> Tensor:
         """Accumulate the loss's parameter gradients into .grad; return the (detached) loss."""
-        chunks = split_batch(queries, self.mini_batch_size) + split_batch(documents, self.mini_batch_size)
+        q_chunks, d_chunks = self.chunks(queries), self.chunks(documents)
         states, cached = [], []
         with torch.no_grad():
-            for chunk in chunks:
+            for _, chunk in q_chunks + d_chunks:
                 states.append(rng_state())
                 cached.append(embed(chunk))  # (b, D)
-        n_q = len(split_batch(queries, self.mini_batch_size))
-        q = torch.cat(cached[:n_q]).detach().requires_grad_()  # (B, D)
-        d = torch.cat(cached[n_q:]).detach().requires_grad_()  # (M, D)
+        n_q = len(q_chunks)
+        q = restore_order(cached[:n_q], [i for i, _ in q_chunks]).detach().requires_grad_()  # (B, D) input order
+        d = restore_order(cached[n_q:], [i for i, _ in d_chunks]).detach().requires_grad_()  # (M, D)
         B = q.size(0)
         with torch.enable_grad():
             loss = self(q, d[:B], d[B:], mask=mask)
         loss.backward()
-        grads = list(q.grad.split([len(c) for c in chunks[:n_q]])) + list(d.grad.split([len(c) for c in chunks[n_q:]]))
-        for chunk, state, grad in zip(chunks, states, grads):
+        grads = [q.grad[i.to(q.device)] for i, _ in q_chunks] + [d.grad[i.to(d.device)] for i, _ in d_chunks]
+        for (_, chunk), state, grad in zip(q_chunks + d_chunks, states, grads):  # grad (b, D): the chunk's rows
             if replay_rng:
                 with replayed_rng(state):
                     emb = embed(chunk)  # (b, D), with graph
@@ -82,4 +95,5 @@ class CachedInfoNCELoss(InfoNCELoss):
         return loss.detach()
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", mini_batch_size={self.mini_batch_size})"
+        return super().__repr__()[:-1] + (f", mini_batch_size={self.mini_batch_size}, "
+                                          f"mini_batch_tokens={self.mini_batch_tokens})")

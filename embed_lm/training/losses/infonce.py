@@ -22,6 +22,11 @@ from the collator's 64-bit text ids, gathered across ranks exactly as the embedd
 
     python -m embed_lm.train loss=infonce loss.temperature=0.02 trainer=ddp     # gathers (auto: world size > 1)
     python -m embed_lm.train ... trainer=ddp loss.gather_across_devices=false     # each rank: its own negatives only
+
+`micro_batch_size` / `micro_batch_tokens` (default null: one padded pass) are read by the training step, not by
+the loss: the queries and documents are then embedded as length-sorted micro-batches of that many rows (or that
+many padded tokens), each trimmed to its longest row and keeping its graph (embed_lm/model/length_batching.py).
+The embeddings, loss and gradients equal one padded pass (tested); the padding computed shrinks.
 """
 
 from __future__ import annotations
@@ -69,12 +74,16 @@ def parse_gather(value: bool | str) -> bool | str:
 class InfoNCELoss:
     """Callable config wrapper: `loss/infonce.yaml` -> InfoNCELoss(temperature=0.02, ...)."""
 
-    def __init__(self, temperature: float = 0.02, gather_across_devices: bool | str = "auto", local_loss: bool = True
-                 ) -> None:
+    def __init__(self, temperature: float = 0.02, gather_across_devices: bool | str = "auto", local_loss: bool = True,
+                 micro_batch_size: int | None = None, micro_batch_tokens: int | None = None) -> None:
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        for name, value in (("micro_batch_size", micro_batch_size), ("micro_batch_tokens", micro_batch_tokens)):
+            if value is not None and value < 1:
+                raise ValueError(f"loss.{name} must be >= 1 or null, got {value}")
         self.temperature, self.local_loss = temperature, local_loss
         self.gather_setting = parse_gather(gather_across_devices)
+        self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
 
     @property
     def gather(self) -> bool:
@@ -118,4 +127,6 @@ class InfoNCELoss:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(temperature={self.temperature}, gather_across_devices={self.gather_setting}, "
-                f"local_loss={self.local_loss})")
+                f"local_loss={self.local_loss}" + ("" if self.micro_batch_size is None and self.micro_batch_tokens
+                                                   is None else f", micro_batch_size={self.micro_batch_size}, "
+                                                   f"micro_batch_tokens={self.micro_batch_tokens}") + ")")
