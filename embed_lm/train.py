@@ -86,7 +86,7 @@ def evaluate_after_training(cfg: DictConfig, output_dir: Path, loggers: list) ->
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from `cfg`, train, test, evaluate; returns the final test (or last logged) metrics.
     A folder that already holds a finished run of the same config is not trained again (done.json)."""
-    validate.check_train(cfg)  # every option in range, data files readable: before anything heavy loads
+    validate.check_train(cfg)  # every option in its range: before anything loads
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     allow = list(cfg.get("resume", {}).get("allow_changes") or [])
@@ -106,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1))
     style = instantiate(cfg.instruction_style)
+    validate.check_train_files(cfg)  # every data file exists and is readable
     datamodule = instantiate(cfg.data, collator=None, instruction_style=style, _recursive_=True)
     datamodule.check()  # data files: before the weights load (the collator needs the tokenizer: set below)
     output_dir.mkdir(parents=True, exist_ok=True)

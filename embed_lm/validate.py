@@ -1,7 +1,8 @@
 """Every config value checked before anything heavy loads: one table of rules, one rule per option.
 
     from embed_lm import validate
-    validate.check_train(cfg)       # python -m embed_lm.train calls it first (then the model, then the data)
+    validate.check_train(cfg)       # python -m embed_lm.train calls it first: every value in its range
+    validate.check_train_files(cfg) # then, after the (seconds) model lookup: every data file exists and is readable
     validate.check_evaluate(cfg)    # python -m embed_lm.evaluate
 
 A value outside its range raises ConfigError naming the option, the value and the allowed range, e.g.
@@ -189,6 +190,9 @@ def lookup(tree: Any, parts: list[str], prefix: str = "") -> list[tuple[str, Any
     return []  # a parent is null or not a mapping: its own rule speaks for it
 
 
+FILE_KINDS = ("files", "dir")
+
+
 def check(cfg: DictConfig | dict, rules: list[Rule]) -> None:
     """Raise ConfigError for the first option that breaks its rule."""
     tree = resolve(cfg)
@@ -213,12 +217,12 @@ def resolve(cfg: DictConfig | dict) -> dict:
 
 
 def check_train(cfg: DictConfig) -> None:
-    """The training config, before any model or data loads."""
+    """The training config's values, before any model or data loads (files: check_train_files)."""
     tree = resolve(cfg)
     sources = (tree.get("data") or {}).get("sources")
     if not isinstance(sources, dict) or not any(v is not None for v in sources.values()):
         raise ConfigError("data.sources is empty: configure at least one training source (e.g. data=sample)")
-    check(tree, TRAIN_RULES)
+    check(tree, [r for r in TRAIN_RULES if r.kind not in FILE_KINDS])
     backbone = tree["backbone"]
     if backbone["size"] == "tiny":
         if not backbone.get("tiny"):
@@ -231,6 +235,11 @@ def check_train(cfg: DictConfig) -> None:
     betas = tree["optimizer"]["betas"]
     if not isinstance(betas, list) or len(betas) != 2:
         raise ConfigError(f"optimizer.betas={betas!r}: must be two numbers in [0, 1), e.g. [0.9,0.999]")
+
+
+def check_train_files(cfg: DictConfig) -> None:
+    """Every data file of the training config exists and is readable (globs: every match)."""
+    check(cfg, [r for r in TRAIN_RULES if r.kind in FILE_KINDS])
 
 
 def check_evaluate(cfg: DictConfig) -> None:
