@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm import conf_resolvers, validate
-from embed_lm.errors import UserError, exit_on_user_error
+from embed_lm.errors import ResumeMismatchError, UserError, exit_on_user_error
 from embed_lm.training import run_record
 from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
 from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
@@ -94,7 +94,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("%s already holds a finished run of this config (done.json): skipped", output_dir)
         return record["metrics"]
     if (record := run_record.read(output_dir)) is not None:  # finished with another config: continue it, or refuse
-        check_same_config(record.get("config"), resolved, allow, f"run folder {output_dir} (done.json)")
+        if record.get("config") is None:  # written before done.json kept its config: no diff to show, never relabel
+            raise ResumeMismatchError(f"run folder {output_dir} holds a finished run of another config (done.json "
+                                      f"fingerprint {record.get('fingerprint')}, this config "
+                                      f"{run_record.fingerprint(cfg)}); train into another folder")
+        check_same_config(record["config"], resolved, allow, f"run folder {output_dir} (done.json)")
     resume_from = find_resume_checkpoint(cfg.ckpt_path, output_dir / "checkpoints")
     if resume_from is not None:
         check_same_config(recorded_config(resume_from), resolved, allow, f"checkpoint {resume_from}")

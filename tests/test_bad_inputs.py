@@ -396,6 +396,16 @@ def test_rerunning_a_finished_folder_with_another_config_is_refused_not_relabell
     assert {p: (run_copy / p).read_bytes() for p in before} == before
 
 
+def test_a_finished_folder_whose_record_predates_configs_is_not_relabelled(run_copy, capsys):
+    record = json.loads((run_copy / "done.json").read_text())
+    (run_copy / "done.json").write_text(json.dumps({k: v for k, v in record.items() if k != "config"}))
+    before = (run_copy / "done.json").read_bytes()
+    cfg = compose_train([*TINY, "trainer.max_steps=2", "pooling=mean"], run_copy)
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+                 (f"run folder {run_copy}", "another config", "another folder"))
+    assert (run_copy / "done.json").read_bytes() == before
+
+
 def test_continuing_a_finished_run_to_more_steps_equals_a_straight_run(tiny_run, tmp_path):
     """tiny_run stopped at max_steps=2; continued to 4 it matches a 4-step run (warm-up is 2 steps, so the LR
     schedules agree; the data position and RNG state resume exactly)."""
