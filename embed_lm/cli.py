@@ -6,21 +6,21 @@ exit status 2 (EMBED_LM_TRACEBACK=1 shows the traceback).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 
+from embed_lm.errors import UserError, exit_on_user_error
 from embed_lm.model.backbone import BackboneNotFoundError
 from embed_lm.data.records import DataFormatError
 from embed_lm.runs import RunNotFoundError
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A bad combination of options; the message says which option to change."""
 
 
-USER_ERRORS = (RunNotFoundError, BackboneNotFoundError, DataFormatError, UsageError, FileNotFoundError,
+USER_ERRORS = (UserError, RunNotFoundError, BackboneNotFoundError, DataFormatError, FileNotFoundError,
                FileExistsError)
 KEY_VALUE = re.compile(r"^([A-Za-z][\w-]*)=(.*)$", re.S)
 
@@ -44,10 +44,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def run_main(main: Callable[[], None], extra_errors: tuple[type[BaseException], ...] = ()) -> None:
     """Call main(); print a user error as `error: ...` and exit 2."""
-    try:
-        main()
-    except USER_ERRORS + extra_errors as e:
-        if os.environ.get("EMBED_LM_TRACEBACK") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main, errors=USER_ERRORS + extra_errors)
+
+
+def check_at_least(**values: tuple[int | None, int]) -> None:
+    """UsageError for the first option whose value is set and below its minimum: check_at_least(batch_size=(0, 1))."""
+    for name, (value, low) in values.items():
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')}={value}: must be an integer >= {low}")

@@ -30,7 +30,7 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from embed_lm.cli import UsageError, parse_args, run_main
+from embed_lm.cli import UsageError, check_at_least, parse_args, run_main
 from embed_lm.data.records import DataFormatError, SkipCounter, open_text, read_jsonl, text_field
 from embed_lm.embedder import Embedder
 from embed_lm.model.instructions import TASK_KINDS, InstructionStyle
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the run's)")
     p.add_argument("--chunk-size", type=int, default=100_000, help="texts read, sorted and encoded at a time")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the run's base model run its own code "
+                   "(only if you trust it; never read from the run folder)")
     p.add_argument("--no-merge", action="store_true", help="keep the LoRA adapter separate (slower; no rounding)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
+    check_at_least(batch_size=(args.batch_size, 1), max_tokens=(args.max_tokens, 1), max_length=(args.max_length, 2),
+                   chunk_size=(args.chunk_size, 1))
     if args.output.exists() and not args.force:
         raise FileExistsError(f"--output {args.output} exists; pass --force to overwrite it")
     if args.as_ == "document" and args.task is not None:
@@ -137,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from embed_lm.runs import load_run
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    embedder, cfg = load_run(args.run, device=device, merge=not args.no_merge, max_length=args.max_length)
+    embedder, cfg = load_run(args.run, device=device, merge=not args.no_merge, max_length=args.max_length,
+                             trust_remote_code=args.trust_remote_code)
     if args.as_ == "query":
         example = ((cfg.get("data") or {}).get("test") or {}).get("task")
         prefix = query_prefix(embedder.style, args.task, args.kind, example)

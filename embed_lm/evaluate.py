@@ -23,7 +23,9 @@ import mteb
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm import conf_resolvers
+from embed_lm import conf_resolvers, validate
+from embed_lm.data.records import DataFormatError
+from embed_lm.errors import UserError, exit_on_user_error
 from embed_lm.eval.mteb_encoder import MtebEncoder
 from embed_lm.eval.scores import TaskScore, format_table, summarize, write_scores
 from embed_lm.eval.suites import DatasetUnavailableError, UnknownTaskError, build_tasks
@@ -32,7 +34,8 @@ from embed_lm.training.distributed import world
 
 log = logging.getLogger("embed_lm.evaluate")
 conf_resolvers.register()
-USER_ERRORS = (RunNotFoundError, UnknownTaskError, DatasetUnavailableError, FileNotFoundError, ValueError)
+USER_ERRORS = (UserError, RunNotFoundError, UnknownTaskError, DatasetUnavailableError, FileNotFoundError,
+               DataFormatError)  # not every ValueError: a bug keeps its traceback
 
 
 def resolve_device(device: str) -> str:
@@ -92,13 +95,15 @@ def log_to_wandb(cfg: DictConfig, report: dict, out: Path, name: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    validate.check_evaluate(cfg)  # every option in range before any model loads
     tasks = build_tasks(cfg.eval.suite, list(cfg.eval.tasks) if cfg.eval.get("tasks") else None,
                         sample_dir=cfg.eval.get("sample_dir"), path=cfg.eval.get("path"),
                         split=cfg.eval.get("split", "test"), instruction=cfg.eval.get("instruction"),
                         name=cfg.eval.get("name"))
     device = resolve_device(cfg.device)
     if cfg.run:
-        embedder, run_cfg = load_run(cfg.run, device=device, max_length=cfg.max_length)
+        embedder, run_cfg = load_run(cfg.run, device=device, max_length=cfg.max_length,
+                                     trust_remote_code=bool(cfg.get("trust_remote_code", False)))
         name = run_folder(cfg.run).resolve().name
     else:
         embedder, name = load_base(cfg, device=device, max_length=cfg.max_length), f"base-{cfg.backbone.name}"
@@ -134,13 +139,8 @@ def evaluate(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_from_launcher()
-    try:
-        return evaluate(cfg)["avg"]
-    except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    report = exit_on_user_error(evaluate, cfg, errors=USER_ERRORS, env=("HYDRA_FULL_ERROR", "EMBED_LM_TRACEBACK"))
+    return report["avg"]
 
 
 if __name__ == "__main__":

@@ -44,18 +44,19 @@ def default_task(cfg) -> str:
 
 
 def export(run: str | Path, out: Path, task: str | None = None, kind: str = "short-long", dtype: str = "float32",
-           max_length: int | None = None) -> dict[str, str]:
+           max_length: int | None = None, trust_remote_code: bool = False) -> dict[str, str]:
     """Write the merged model to `out`; returns the named prompts."""
     from omegaconf import OmegaConf, open_dict
 
-    from embed_lm.runs import MERGED_CONFIG, build_embedder, find_embedder_dir
+    from embed_lm.runs import MERGED_CONFIG, build_embedder, find_embedder_dir, read_config
 
     embedder_dir, ckpt = find_embedder_dir(run)
-    cfg = OmegaConf.load(embedder_dir / "config.yaml")
+    cfg = read_config(embedder_dir / "config.yaml")
     if "dtype" in cfg.backbone:
         with open_dict(cfg):
             cfg.backbone.dtype = "float32"  # merge in float32 (dtype=auto would load bf16 weights on GPU machines)
-    embedder = build_embedder(cfg, embedder_dir, ckpt, device="cpu", merge=True, max_length=max_length)
+    embedder = build_embedder(cfg, embedder_dir, ckpt, device="cpu", merge=True, max_length=max_length,
+                              trust_remote_code=trust_remote_code, where=str(embedder_dir / "config.yaml"))
     model, pooling, collator = embedder.encoder.backbone, embedder.encoder.pooling, embedder.collator
     style = embedder.style
     task = task or default_task(cfg)
@@ -72,8 +73,9 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
     save_tokenizer(collator.tokenizer, out, collator.append_eos, collator.max_length)
     write_st_modules(out, pooling, model.config.hidden_size, collator.max_length, prompts)
     check_tokenizer(out, collator, prompts["query"])
-    merged = OmegaConf.merge(cfg, {"backbone": {"model_name_or_path": str(out.resolve()), "size": "full",
-                                                "dtype": "auto"}})
+    # "." = this folder: load_run reads the weights next to embed_lm.yaml wherever the folder is moved or copied
+    merged = OmegaConf.merge(cfg, {"backbone": {"model_name_or_path": ".", "size": "full", "dtype": "auto",
+                                                "trust_remote_code": False}})
     OmegaConf.save(merged, out / MERGED_CONFIG)  # lets embed_lm.evaluate / encode / passkey load the export
     return prompts
 
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", nargs="?", const=True, default=False, type=lambda v: v.lower() in ("1", "true", "yes"),
                    help="write a model card, README.md (embed_lm/model_card.py): card=true")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="write the card and upload the folder to this hub repo")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the run's base model run its own code "
+                   "(only if you trust it; never read from the run folder)")
     return p
 
 
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         shutil.rmtree(args.out)
     if args.max_length is not None and args.max_length < 2:
         raise UsageError(f"max_length={args.max_length}: must be at least 2")
-    prompts = export(args.run, args.out, args.task, args.kind, args.dtype, args.max_length)
+    prompts = export(args.run, args.out, args.task, args.kind, args.dtype, args.max_length, args.trust_remote_code)
     if args.card or args.push_to_hub:
         from embed_lm.model_card import publish
 

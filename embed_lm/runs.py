@@ -7,29 +7,61 @@
     load_base(cfg)                                             # a base model, no adapter (backbone/pooling/style)
 
 The run's resolved config (embedder/config.yaml) rebuilds the same backbone, pooling, instruction style and
-maximum length that training used. Like train.py, this module may instantiate config; library code does not.
+maximum length that training used. What is read from disk is data, never code: the config's model parts must be the
+project's own (embed_lm/model/registry.py; no `instantiate`), checkpoints load with torch.load(weights_only=True),
+`trust_remote_code` comes only from the caller (the command line), and a merged export loads the weights in its own
+folder wherever it was moved or copied to.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from peft import PeftModel
 
+from embed_lm.errors import ConfigError, UserError
 from embed_lm.model.collator import TextCollator
 from embed_lm.embedder import Embedder
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.training.checkpoints import zero_checkpoint_state_dict
+from embed_lm.model.registry import build_part
+from embed_lm.training.resume import read_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to the merged weights
 
 
-class RunNotFoundError(FileNotFoundError):
+class RunNotFoundError(FileNotFoundError, UserError):
     pass
+
+
+def read_config(path: Path) -> DictConfig:
+    """A saved config file as data (YAML; interpolations are left to the caller), naming the file on error."""
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{path}: not a readable config ({e})") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(cfg).__name__}")
+    return cfg
+
+
+def model_parts(cfg: DictConfig, where: str, **backbone_overrides) -> tuple:
+    """(backbone spec, pooling, instruction style) that `cfg` describes, from the closed set of the project's parts."""
+    try:
+        sections = {k: OmegaConf.to_container(cfg[k], resolve=True) if k in cfg else None
+                    for k in ("backbone", "pooling", "instruction_style")}
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {e}") from e
+    return tuple(build_part(k, v, where, **(backbone_overrides if k == "backbone" else {}))
+                 for k, v in sections.items())
 
 
 def find_embedder_dir(run: str | Path) -> tuple[Path, Path | None]:
@@ -55,20 +87,28 @@ def find_embedder_dir(run: str | Path) -> tuple[Path, Path | None]:
 
 
 def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path | None = None,
-                   device: str = "cpu", merge: bool = False, max_length: int | None = None) -> Embedder:
-    spec = instantiate(cfg.backbone)
+                   device: str = "cpu", merge: bool = False, max_length: int | None = None,
+                   trust_remote_code: bool = False, where: str = "config", **backbone_overrides) -> Embedder:
+    """The embedder `cfg` describes. `trust_remote_code` is the caller's (the command line's), never the file's."""
+    saved = (cfg.get("backbone") or {}).get("trust_remote_code", False)
+    if saved and not trust_remote_code:
+        log.warning("%s sets backbone.trust_remote_code=true: ignored (only the command line can allow a model's "
+                    "own code to run; pass trust_remote_code=true if you trust this model)", where)
+    spec, pooling, style = model_parts(cfg, where, trust_remote_code=trust_remote_code, **backbone_overrides)
+    state = None if ckpt is None else (  # read before the weights load: fail fast
+        zero_checkpoint_state_dict(ckpt) if ckpt.is_dir() else read_checkpoint(ckpt)["state_dict"])  # dir: DeepSpeed
+    spec.check()
     backbone = spec.load()
     model = backbone.model
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir / "adapter"))
-        if ckpt is not None:
-            state = (zero_checkpoint_state_dict(ckpt) if ckpt.is_dir()  # a DeepSpeed checkpoint folder
-                     else torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+        if state is not None:
             prefix = "encoder.backbone."
             weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             missing = [k for k in weights if k not in dict(model.named_parameters())]
             if missing:
-                raise KeyError(f"{ckpt}: {len(missing)} tensors do not fit the run's adapter (e.g. {missing[0]})")
+                raise UserError(f"{ckpt}: {len(missing)} tensors do not fit the run's adapter (e.g. {missing[0]}); "
+                                "was it written by this run?")
             model.load_state_dict(weights, strict=False)
         if merge:
             model = model.merge_and_unload()
@@ -77,23 +117,32 @@ def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir / "tokenizer"))
-    collator = TextCollator(tokenizer, max_length or cfg.data.max_length, backbone.append_eos, backbone.padding_side)
-    encoder = TextEncoder(model, instantiate(cfg.pooling))
+    max_length = max_length or OmegaConf.select(cfg, "data.max_length")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ConfigError(f"{where}: data.max_length={max_length!r}: must be an integer >= 2")
+    collator = TextCollator(tokenizer, max_length, backbone.append_eos, backbone.padding_side)
+    encoder = TextEncoder(model, pooling)
     dtype = torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else None
-    return Embedder(encoder, collator, instantiate(cfg.instruction_style), device=device, dtype=dtype)
+    return Embedder(encoder, collator, style, device=device, dtype=dtype)
 
 
-def load_run(run: str | Path, device: str = "cpu", merge: bool = False, max_length: int | None = None
-             ) -> tuple[Embedder, DictConfig]:
-    """The run's embedder and its resolved training config (a merged export: its weights, no adapter)."""
-    if (Path(run).expanduser() / MERGED_CONFIG).is_file():
-        cfg = OmegaConf.load(Path(run).expanduser() / MERGED_CONFIG)
-        return build_embedder(cfg, None, None, device, False, max_length), cfg
+def load_run(run: str | Path, device: str = "cpu", merge: bool = False, max_length: int | None = None,
+             trust_remote_code: bool = False) -> tuple[Embedder, DictConfig]:
+    """The run's embedder and its resolved training config (a merged export: its weights, no adapter).
+    A merged export always loads the weights in its own folder (moved or copied, it still loads itself)."""
+    folder = Path(run).expanduser()
+    if (folder / MERGED_CONFIG).is_file():
+        cfg = read_config(folder / MERGED_CONFIG)
+        return build_embedder(cfg, None, None, device, False, max_length, trust_remote_code,
+                              str(folder / MERGED_CONFIG), model_name_or_path=str(folder.resolve())), cfg
     embedder_dir, ckpt = find_embedder_dir(run)
-    cfg = OmegaConf.load(embedder_dir / "config.yaml")
-    return build_embedder(cfg, embedder_dir, ckpt, device, merge, max_length), cfg
+    cfg = read_config(embedder_dir / "config.yaml")
+    return build_embedder(cfg, embedder_dir, ckpt, device, merge, max_length, trust_remote_code,
+                          str(embedder_dir / "config.yaml")), cfg
 
 
 def load_base(cfg: DictConfig, device: str = "cpu", max_length: int | None = None) -> Embedder:
-    """A base model without adapter, from a config holding backbone, pooling, instruction_style, data.max_length."""
-    return build_embedder(cfg, None, None, device, False, max_length)
+    """A base model without adapter, from a config holding backbone, pooling, instruction_style, data.max_length
+    (the command line's: its trust_remote_code is the user's own)."""
+    trust = bool((cfg.get("backbone") or {}).get("trust_remote_code", False))
+    return build_embedder(cfg, None, None, device, False, max_length, trust, "the command line")

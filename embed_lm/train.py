@@ -34,9 +34,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm import conf_resolvers
+from embed_lm import conf_resolvers, validate
+from embed_lm.errors import ResumeMismatchError, UserError, exit_on_user_error
 from embed_lm.curves import write_run_curves
 from embed_lm.training import run_record
+from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
 from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
 from embed_lm.training.callbacks import SaveEmbedder
 from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
@@ -50,7 +52,7 @@ log = logging.getLogger("embed_lm.train")
 conf_resolvers.register()
 warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-USER_ERRORS = (BackboneNotFoundError, DataFormatError, FileNotFoundError, IncompatibleSetupError)
+USER_ERRORS = (UserError, BackboneNotFoundError, DataFormatError, FileNotFoundError, IncompatibleSetupError)
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -100,11 +102,22 @@ def evaluate_after_training(cfg: DictConfig, output_dir: Path, loggers: list, de
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from `cfg`, train, test, evaluate; returns the final test (or last logged) metrics.
     A folder that already holds a finished run of the same config is not trained again (done.json)."""
+    validate.check_train(cfg)  # every option in its range: before anything loads
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    allow = list(cfg.get("resume", {}).get("allow_changes") or [])
     if (record := run_record.finished(output_dir, cfg)) is not None:
         log.info("%s already holds a finished run of this config (done.json): skipped", output_dir)
         return record["metrics"]
+    if (record := run_record.read(output_dir)) is not None:  # finished with another config: continue it, or refuse
+        if record.get("config") is None:  # written before done.json kept its config: no diff to show, never relabel
+            raise ResumeMismatchError(f"run folder {output_dir} holds a finished run of another config (done.json "
+                                      f"fingerprint {record.get('fingerprint')}, this config "
+                                      f"{run_record.fingerprint(cfg)}); train into another folder")
+        check_same_config(record["config"], resolved, allow, f"run folder {output_dir} (done.json)")
+    resume_from = find_resume_checkpoint(cfg.ckpt_path, output_dir / "checkpoints")
+    if resume_from is not None:
+        check_same_config(recorded_config(resume_from), resolved, allow, f"checkpoint {resume_from}")
     L.seed_everything(cfg.seed, workers=True)
 
     spec = instantiate(cfg.backbone)
@@ -113,13 +126,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1))
     style = instantiate(cfg.instruction_style)
-    for source_cfg in (cfg.data.get("sources") or {}).values():  # a missing file or (offline) hub set fails now,
-        if source_cfg is not None:                                 # before the backbone loads (issue 12)
-            instantiate(source_cfg).check()
+    validate.check_train_files(cfg)  # every data file exists and is readable
+    datamodule = instantiate(cfg.data, collator=None, instruction_style=style, _recursive_=True)
+    datamodule.check()  # data files: before the weights load (the collator needs the tokenizer: set below)
+    output_dir.mkdir(parents=True, exist_ok=True)
     backbone = spec.load()
-    collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos, backbone.padding_side)
-    datamodule = instantiate(cfg.data, collator=collator, instruction_style=style, _recursive_=True)
-    datamodule.check()
+    datamodule.collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos,
+                                       backbone.padding_side)
 
     model = add_lora(backbone.model, cfg.lora_rank.r, cfg.lora.alpha, cfg.lora.dropout,
                      backbone.lora_target_modules, cfg.gradient_checkpointing)
@@ -136,6 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks.append(SaveEmbedder(output_dir / "embedder", config_yaml, backbone.tokenizer))
     if any(isinstance(lg, ResumableCSVLogger) for lg in loggers):
         callbacks.append(KeepCsvHistory())
+    callbacks.append(ResumeGuard(run_record.trained_config(cfg), output_dir / "checkpoints"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -143,10 +157,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     has_test = cfg.data.get("test") is not None and (cfg.test_before_training or cfg.test_after_training)
     before = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
         has_test and cfg.test_before_training) else None
-    # "last" resumes from the newest checkpoint in this run folder, if any (re-running the same run dir continues it)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path or "last")
-    if trainer.checkpoint_callback is not None and not trainer.interrupted:  # last.ckpt = the final state
-        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+    # resume_from: ckpt_path, else the newest checkpoint in this run folder (re-running a run dir continues it)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    stopped_by_max_steps = 0 < trainer.max_steps <= trainer.global_step  # ResumeGuard saved last.ckpt mid-epoch
+    if trainer.checkpoint_callback is not None and not trainer.interrupted and not stopped_by_max_steps:
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)  # full
     after = trainer.test(module, datamodule=datamodule, verbose=False)[0] if (
         has_test and cfg.test_after_training) else {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank = trainer.global_rank
@@ -192,22 +207,25 @@ def train_in_own_process(overrides: list[str], output_dir: Path) -> dict[str, fl
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return run(cfg)
     local_launcher = hydra_cfg.launcher._target_.endswith((".BasicLauncher", ".JoblibLauncher"))  # not SLURM's
-    own_process = (multirun and local_launcher
-                   and local_processes(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1)) > 1)
+    own_process = local_launcher and local_processes(cfg.trainer.get("accelerator", "auto"),
+                                                     cfg.trainer.get("devices", 1)) > 1
     try:
         metrics = (train_in_own_process(list(hydra_cfg.overrides.task), Path(cfg.paths.output_dir)) if own_process
                    else train(cfg))
-    except Exception as e:
-        if multirun:  # one failed job must not stop the sweep: record it, let the others run, the report lists it
-            log.exception("job failed: %s", e)
-            Path(cfg.paths.output_dir, "failed.txt").write_text(f"{type(e).__name__}: {e}\n")
-            return None
-        if not isinstance(e, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr)  # a message the user can act on; no traceback
-        sys.exit(2)
+    except Exception as e:  # one failed job must not stop the sweep: record it, let the others run, the report lists it
+        log.exception("job failed: %s", e)
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(cfg.paths.output_dir, "failed.txt").write_text(f"{type(e).__name__}: {e}\n")
+        return None
+    return metrics.get("test/ndcg@10")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """train(cfg); a user error is printed as one line (no traceback) with exit status 2."""
+    metrics = exit_on_user_error(train, cfg, errors=USER_ERRORS, env=("HYDRA_FULL_ERROR", "EMBED_LM_TRACEBACK"))
     return metrics.get("test/ndcg@10")
 
 

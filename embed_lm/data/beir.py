@@ -36,9 +36,13 @@ class BeirSplit:
                 "qrels": self.path / "qrels" / f"{self.split}.tsv"}
 
     def check(self) -> None:
+        """The three files exist and every qrels score is an integer (a cheap scan; before any model loads)."""
         missing = [str(p) for p in self.files().values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"BEIR split '{self.split}' at {self.path}: missing {', '.join(missing)}")
+        path = self.files()["qrels"]
+        for lineno, (_, _, score, *_) in read_tsv(path, 3, SkipCounter(False), header_startswith="query-id"):
+            _relevance(score, path, lineno)
 
     def load(self) -> RetrievalSplit:
         self.check()
@@ -55,11 +59,19 @@ class BeirSplit:
             if qid not in queries or did not in corpus:
                 raise DataFormatError(files["qrels"], lineno, "query-id" if qid not in queries else "corpus-id",
                                       f"{qid if qid not in queries else did!r} not in queries.jsonl/corpus.jsonl")
-            if int(score) > 0:
-                qrels.setdefault(qid, {})[did] = int(score)
+            if (relevance := _relevance(score, files["qrels"], lineno)) > 0:
+                qrels.setdefault(qid, {})[did] = relevance
         qids = [q for q in queries if q in qrels][: self.max_queries]
         return RetrievalSplit(f"{self.path.name}/{self.split}", {q: queries[q] for q in qids}, corpus,
                               {q: qrels[q] for q in qids}, self.task, self.task_kind)
+
+
+def _relevance(score: str, path: Path, lineno: int) -> int:
+    try:
+        return int(score)
+    except ValueError:
+        raise DataFormatError(path, lineno, "score", f"{score.strip()!r} is not an integer relevance "
+                              "(0 = not relevant, 1, 2, ... = graded)") from None
 
 
 def _missing(path: Path, lineno: int, field: str) -> str:

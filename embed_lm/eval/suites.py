@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mteb
 
+from embed_lm.errors import ConfigError
 from embed_lm.model.backbone import hub_reachable
 from embed_lm.eval.beir_task import beir_task
 from embed_lm.eval.local_tasks import LOCAL_TASKS
@@ -77,6 +78,6 @@ def build_tasks(suite: str, tasks: list[str] | None = None, sample_dir: str | No
         return select([cls(sample_dir) for cls in LOCAL_TASKS], tasks, suite)
     if suite == "beir":
         if not path or not instruction:
-            raise ValueError("eval=beir needs eval.path=<BEIR folder> and eval.instruction=\"<task definition>\"")
+            raise ConfigError("eval=beir needs eval.path=<BEIR folder> and eval.instruction=\"<task definition>\"")
         return [beir_task(path, split, instruction, name)]
-    raise ValueError(f"unknown eval suite {suite!r}; choose mteb_en, local or beir")
+    raise ConfigError(f"unknown eval suite {suite!r}; choose mteb_en, local or beir")

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 class BackboneNotFoundError(FileNotFoundError):
@@ -73,6 +75,9 @@ def resolve_model_source(name: str, model_name_or_path: str, probe_timeout_s: fl
         if not (path / "config.json").is_file():
             raise BackboneNotFoundError(f"backbone '{name}': {path} exists but holds no config.json; point "
                                         "backbone.model_name_or_path at a Hugging Face model directory")
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise BackboneNotFoundError(f"backbone '{name}': {path} holds no tokenizer (none of "
+                                        f"{', '.join(TOKENIZER_FILES)}); copy the model's tokenizer files there")
         return str(path), True
     fix = (f"Download it where the hub is reachable (e.g. `hf download {model_name_or_path} --local-dir "
            f"/models/{Path(model_name_or_path).name}`), then run: python -m embed_lm.train backbone={name} "

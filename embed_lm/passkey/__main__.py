@@ -30,6 +30,7 @@ from tqdm import tqdm
 from embed_lm import conf_resolvers
 from embed_lm.model.backbone import BackboneNotFoundError
 from embed_lm.embedder import Embedder
+from embed_lm.errors import UserError
 from embed_lm.passkey.cache import load_or_generate, task_key
 from embed_lm.passkey.evaluate import evaluate_task
 from embed_lm.passkey.generate import FitError
@@ -39,7 +40,7 @@ from embed_lm.passkey.variants import VariantError, apply_variant, base_model, v
 from embed_lm.runs import RunNotFoundError, load_base, load_run
 
 log = logging.getLogger("embed_lm.passkey")
-USER_ERRORS = (BackboneNotFoundError, RunNotFoundError, FitError, VariantError, FileNotFoundError)
+USER_ERRORS = (UserError, BackboneNotFoundError, RunNotFoundError, FitError, VariantError, FileNotFoundError)
 _LOADED: dict[str, Embedder] = {}  # one model per process: a multirun's jobs re-apply their variant to it
 
 

@@ -1,0 +1,156 @@
+"""Resume and re-run rules. A checkpoint records the resolved config it was trained with (`embed_lm_config`, plain
+types); resuming with another config, or re-running a finished run folder (done.json) with another config, is
+refused with a readable diff, unless the user names the keys allowed to change.
+
+    python -m embed_lm.train <overrides> ckpt_path=<run>/checkpoints/last.ckpt               # same config: resumes
+    python -m embed_lm.train <overrides> trainer.max_steps=12 ckpt_path=<8-step run>/checkpoints/last.ckpt
+    python -m embed_lm.train <overrides> optimizer.lr=5e-5 ckpt_path=... resume.allow_changes=[optimizer.lr]
+
+Keys that never change what is trained (output places, logging, evaluation: IGNORED) may always differ; the
+training length (LENGTH: trainer.max_steps, trainer.max_epochs) may differ and the change is logged: the LR
+schedule then runs to the new total, and the steps already taken stay as they were. Every other key (backbone,
+pooling, lora_rank, data.batch_size, ...) only if named in resume.allow_changes (a prefix names its subtree).
+Checkpoints are read with torch.load(weights_only=True): data only, a pickled object is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from embed_lm.errors import ResumeMismatchError, UnsafeFileError, UserError
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "embed_lm_config"
+IGNORED = ("paths", "ckpt_path", "logger", "callbacks", "run_name", "resume", "eval", "evaluation",
+           "test_before_training", "test_after_training", "data.dev", "data.test", "data.eval_batch_size",
+           "data.num_workers", "trainer.log_every_n_steps", "trainer.val_check_interval",
+           "trainer.num_sanity_val_steps", "trainer.default_root_dir", "trainer.enable_progress_bar")
+LENGTH = ("trainer.max_steps", "trainer.max_epochs")
+ABSENT = "(absent)"
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, loaded as data only (tensors and plain values); raises a UserError naming the file
+    when it is damaged, not a checkpoint, or asks to run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise UserError(f"checkpoint {path} does not exist") from e
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise UnsafeFileError(f"{path}: refused: loading it would call {found[1]} (code from the file); an "
+                                  "embed_lm checkpoint holds only tensors and plain values. Do not load files from "
+                                  "sources you do not trust") from None
+        raise UserError(f"{path}: not a readable checkpoint (damaged, or not written by python -m embed_lm.train)"
+                        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) and "weights_only" not in str(e) else type(e).__name__
+        raise UserError(f"{path}: not a readable checkpoint ({reason}); damaged or truncated?") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise UserError(f"{path}: not an embed_lm checkpoint (no state_dict)")
+    return state
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: leaf value}; lists are leaves."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _under(key: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every leaf that differs, keys in IGNORED left out."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(k for k in a.keys() | b.keys() if not _under(k, IGNORED))
+    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in keys if a.get(k, ABSENT) != b.get(k, ABSENT)]
+
+
+def format_diff(diff: list[tuple[str, Any, Any]]) -> str:
+    return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, old, new in diff)
+
+
+def check_same_config(saved: dict | None, now: dict, allow: list[str], what: str) -> None:
+    """Raise ResumeMismatchError unless `now` differs from `saved` only in IGNORED, LENGTH or `allow` keys."""
+    if saved == {}:
+        return
+    if saved is None:
+        log.warning("%s records no config (written before embed_lm checked resumes): cannot check that it was "
+                    "trained with this config", what)
+        return
+    diff = config_diff(saved, now)
+    refused = [d for d in diff if not _under(d[0], LENGTH) and not _under(d[0], allow)]
+    if refused:
+        keys = ",".join(k for k, _, _ in refused)
+        raise ResumeMismatchError(
+            f"{what} was trained with another config:\n{format_diff(refused)}\nUse the same config, or name the "
+            f"keys allowed to change: resume.allow_changes=[{keys}] (a changed backbone, pooling or lora_rank "
+            "makes the saved weights mean something else: allow it only if you mean it)")
+    if diff:
+        log.warning("%s: continuing with these config changes:\n%s", what, format_diff(diff))
+
+
+def recorded_config(path: Path) -> dict | None:
+    """The config a checkpoint file records (None: none recorded, or a sharded checkpoint folder, which this check
+    cannot read: DeepSpeed/FSDP write one folder per checkpoint)."""
+    if path.is_dir():
+        log.warning("%s is a sharded checkpoint folder: its config is not checked against this run's", path)
+        return {}
+    return read_checkpoint(path).get(CONFIG_KEY)
+
+
+def find_resume_checkpoint(ckpt_path: str | None, checkpoints_dir: Path) -> Path | None:
+    """The checkpoint a run resumes from: ckpt_path if given, else the newest last*.ckpt / on_exception.ckpt of
+    the run folder (re-running a run folder continues it), else None."""
+    if ckpt_path not in (None, "last"):
+        path = Path(ckpt_path).expanduser()
+        if not path.exists():
+            raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return path
+    found = [*checkpoints_dir.glob("last*.ckpt"), *checkpoints_dir.glob("on_exception.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+class ResumeGuard(L.Callback):
+    """Records the resolved config in every checkpoint; on a resume, applies the module's (possibly allowed-to-
+    change) optimiser settings to the restored optimiser; saves last.ckpt at the step that reaches max_steps, so a
+    run stopped by max_steps is continued mid-epoch (`trainer.max_steps=<more>`), not taken for a finished epoch."""
+
+    def __init__(self, config: dict, checkpoints_dir: Path) -> None:
+        self.config, self.checkpoints_dir = config, Path(checkpoints_dir)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        lr = getattr(module, "lr", None)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                for key in ("weight_decay", "betas"):
+                    if hasattr(module, key) and key in group:
+                        group[key] = getattr(module, key)
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if lr is None or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or scheduler.last_epoch < 1:
+                continue
+            scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+            for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+                group["initial_lr"] = lr
+                group["lr"] = lr * factor(scheduler.last_epoch)  # what scheduler.step() sets, at the new total
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int
+                           ) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step and trainer.checkpoint_callback is not None:
+            trainer.save_checkpoint(self.checkpoints_dir / "last.ckpt", weights_only=False)  # = the full state

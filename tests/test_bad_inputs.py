@@ -1,0 +1,432 @@
+"""What a user can get wrong, and what embed_lm answers: exit status 2 and a message naming the option, file:line or
+folder, before anything heavy loads; a real bug keeps its traceback. Also the loading guarantees (a crafted
+checkpoint or run folder never runs its payload; an export loads its own weights wherever it is moved) and the resume
+guarantees (a changed config is refused with a diff; a finished run continues to more steps).
+
+Most cases compose the real config (conftest.compose_train / compose_config) and call the entry point's own wrapper
+in-process; three run as subprocesses to prove the command line's exit status and the absence of a traceback.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT, SAMPLE, compose_config, compose_train
+from embed_lm import encode as encode_cli
+from embed_lm import evaluate as evaluate_entry
+from embed_lm import export as export_cli
+from embed_lm import train as train_entry
+from embed_lm.cli import run_main
+from embed_lm.errors import UserError, exit_on_user_error
+from embed_lm.runs import load_run, model_parts
+from embed_lm.training.resume import CONFIG_KEY
+
+TINY = ["backbone=tiny_mistral", "data=sample", "debug=smoke", "logger=none", "test_after_training=false"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+def expect_exit(capsys, fn, *args, errors=(UserError,)) -> str:
+    """Run fn(*args) as an entry point does; assert exit status 2 and return the one-line message."""
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(fn, *args, errors=errors)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def assert_words(message: str, words: tuple[str, ...]) -> None:
+    assert message.startswith("error: "), message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+# --- training options: one row per mistake (override, words the message must hold) --------------------------------
+TRAIN_CASES = [
+    (["data.batch_size=abc"], ("data.batch_size='abc'", "integer >= 1")),
+    (["data.batch_size=0"], ("data.batch_size=0", "integer >= 1")),
+    (["data.batch_size=1.5"], ("data.batch_size=1.5", "not an integer")),
+    (["data.eval_batch_size=0"], ("data.eval_batch_size", ">= 1")),
+    (["data.max_length=1"], ("data.max_length=1", ">= 2")),
+    (["data.negatives_per_query=-1"], ("data.negatives_per_query=-1", ">= 0")),
+    (["data.num_workers=-1"], ("data.num_workers", ">= 0")),
+    (["data.single_source_batches=maybe"], ("data.single_source_batches", "true or false")),
+    (["optimizer.lr=abc"], ("optimizer.lr='abc'", "number > 0")),
+    (["optimizer.lr=0"], ("optimizer.lr=0", "number > 0")),
+    (["optimizer.lr=-1e-4"], ("optimizer.lr", "number > 0")),
+    (["optimizer.weight_decay=-0.1"], ("optimizer.weight_decay", ">= 0")),
+    (["optimizer.warmup_steps=-5"], ("optimizer.warmup_steps", ">= 0")),
+    (["optimizer.betas=[0.9,1.5]"], ("optimizer.betas.1=1.5", "[0, 1)")),
+    (["optimizer.betas=[0.9]"], ("optimizer.betas", "two numbers")),
+    (["optimizer.grad_clip=0"], ("optimizer.grad_clip", "> 0 or null")),
+    (["lora_rank.r=0"], ("lora_rank.r=0", ">= 1", "LoRA rank")),
+    (["lora.alpha=0"], ("lora.alpha", "> 0")),
+    (["lora.dropout=1.0"], ("lora.dropout", "[0, 1)")),
+    (["loss.temperature=0"], ("loss.temperature", "> 0")),
+    (["loss=cached_infonce", "loss.mini_batch_size=0"], ("loss.mini_batch_size", ">= 1")),
+    (["trainer.max_steps=-2"], ("trainer.max_steps", ">= -1")),
+    (["trainer.accumulate_grad_batches=0"], ("trainer.accumulate_grad_batches", ">= 1")),
+    (["trainer.limit_train_batches=0"], ("trainer.limit_train_batches", "> 0")),
+    (["callbacks.model_checkpoint.every_n_train_steps=0"], ("every_n_train_steps", ">= 1")),
+    (["seed=abc"], ("seed", "an integer")),
+    (["gradient_checkpointing=maybe"], ("gradient_checkpointing", "true or false")),
+    (["data.sources.synthetic.ratio=0"], ("data.sources.synthetic.ratio", "> 0 or null")),
+    (["data.sources.msmarco.skip_invalid=sometimes"], ("data.sources.msmarco.skip_invalid", "true or false")),
+    (["data.sources.synthetic.paths=/no/such/dir/*.jsonl"], ("data.sources.synthetic.paths", "no file matches")),
+    (["data.sources.msmarco.collection=/no/such/collection.tsv"], ("data.sources.msmarco.collection",
+                                                                    "no file matches")),
+    (["data.dev.path=/no/such/beir"], ("data.dev.path", "no such folder")),
+    (["~data.sources.synthetic", "~data.sources.msmarco"], ("data.sources is empty",)),
+    (["pooling.name=max"], ("pooling.name='max'", "last_token, mean, weighted_mean")),
+    (["backbone.padding_side=middle"], ("backbone.padding_side", "left, right")),
+    (["backbone.size=huge"], ("backbone.size", "full, tiny")),
+    (["backbone.tiny.hidden_size=0"], ("backbone.tiny.hidden_size", ">= 1")),
+    (["backbone._target_=shutil.copy"], ("backbone._target_='shutil.copy'", "embed_lm.model.backbone")),
+    (["instruction_style._target_=builtins.exec"], ("instruction_style._target_", "NaturalInstruction")),
+    (["backbone=mistral", "backbone.model_name_or_path=/no/such/model"], ("backbone 'mistral'", "/no/such/model")),
+    (["ckpt_path=/no/such/last.ckpt"], ("ckpt_path=/no/such/last.ckpt", "no such checkpoint")),
+]
+
+
+@pytest.mark.parametrize("overrides,words", TRAIN_CASES, ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_train_option_mistakes_exit_2_naming_the_option(overrides, words, tmp_path, capsys):
+    cfg = compose_train([*TINY, *overrides], tmp_path / "run")
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS), words)
+    assert not (tmp_path / "run").exists()  # refused before anything was written (or loaded)
+
+
+def test_model_folder_without_tokenizer_is_named_before_weights_load(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "mistral"}')
+    cfg = compose_train([*TINY, "backbone=mistral", f"backbone.model_name_or_path={model}"], tmp_path / "run")
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+                 (str(model), "holds no tokenizer", "tokenizer.json"))
+
+
+def test_unreadable_data_file_is_named(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    data = tmp_path / "collection.tsv"
+    data.write_text("1\tpassage\n")
+    data.chmod(0)
+    cfg = compose_train([*TINY, f"data.sources.msmarco.collection={data}"], tmp_path / "run")
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS), (str(data), "readable"))
+
+
+# --- data files: readers that already name file:line (the `data` branch adds more) --------------------------------
+def synthetic(tmp_path, name, lines):
+    from embed_lm.data.synthetic import SyntheticSource
+
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return SyntheticSource("synthetic", str(path)).load, path
+
+
+def msmarco_jsonl(tmp_path, lines):
+    from embed_lm.data.msmarco import MsMarcoSource
+
+    path = tmp_path / "msmarco.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return MsMarcoSource("msmarco", jsonl=str(path)).load, path
+
+
+def msmarco_triples(tmp_path, rows):
+    from embed_lm.data.msmarco import MsMarcoSource
+
+    path = tmp_path / "triples.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return MsMarcoSource("msmarco", triples=str(path)).load, path
+
+
+def beir_split(tmp_path, qrels_rows):
+    from embed_lm.data.beir import BeirSplit
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    path = tmp_path / "qrels" / "test.tsv"
+    path.write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels_rows) + "\n")
+    return BeirSplit(str(tmp_path), "test", "task").load, path
+
+
+GOOD_SL = {"task": "t", "user_query": "q", "positive_document": "p", "hard_negative_document": "n"}
+READER_CASES = [
+    ("synthetic invalid JSON", lambda t: synthetic(t, "short_long.jsonl", [json.dumps(GOOD_SL), "{oops"]),
+     (":2:", "invalid JSON")),
+    ("synthetic missing field", lambda t: synthetic(t, "short_long.jsonl", [json.dumps({"task": "t"})]),
+     (":1:", "field 'user_query'", "missing")),
+    ("synthetic empty positive", lambda t: synthetic(t, "short_long.jsonl", [json.dumps(GOOD_SL | {
+        "positive_document": " "})]), (":1:", "positive_document", "non-empty")),
+    ("synthetic unknown kind", lambda t: synthetic(t, "data.jsonl", [json.dumps(GOOD_SL)]),
+     (":1:", "task_kind")),
+    ("synthetic not an object", lambda t: synthetic(t, "sts.jsonl", ["[1, 2]"]), (":1:", "JSON object")),
+    ("msmarco positive not text", lambda t: msmarco_jsonl(t, [json.dumps({"query": "q", "positive": 3})]),
+     (":1:", "positive", "non-empty string")),
+    ("msmarco no positive", lambda t: msmarco_jsonl(t, [json.dumps({"query": "q"})]), (":1:", "missing")),
+    ("msmarco 2-column triples", lambda t: msmarco_triples(t, ["q\tp\tn", "q\tp"]),
+     (":2:", "expected 3 tab-separated columns")),
+    ("beir qrels score 1.5", lambda t: beir_split(t, ["q1\td1\t1.5"]), (":2:", "score", "'1.5'", "integer")),
+    ("beir qrels unknown doc", lambda t: beir_split(t, ["q1\td9\t1"]), (":2:", "corpus-id", "'d9'")),
+]
+
+
+@pytest.mark.parametrize("name,make,words", READER_CASES, ids=[c[0] for c in READER_CASES])
+def test_bad_data_lines_name_file_and_line(name, make, words, tmp_path, capsys):
+    load, path = make(tmp_path)
+    message = expect_exit(capsys, load, errors=train_entry.USER_ERRORS)
+    assert_words(message, (str(path), *words))
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------------
+def evaluate_cfg(tmp_path, *overrides):
+    return compose_config("evaluate", ["wandb.enabled=false", f"output_dir={tmp_path / 'eval'}", *overrides])
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["batch_size=0"], ("batch_size=0", ">= 1")),
+    (["max_length=1"], ("max_length=1", ">= 2")),
+    (["max_tokens=abc"], ("max_tokens", "integer")),
+    (["run=/no/such/run"], ("/no/such/run", "is not a training run")),
+    (["eval.tasks=[NoSuchTask]"], ("eval.tasks", "NoSuchTask")),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_evaluate_option_mistakes_exit_2(overrides, words, tmp_path, capsys):
+    cfg = evaluate_cfg(tmp_path, *overrides)
+    assert_words(expect_exit(capsys, evaluate_entry.evaluate, cfg, errors=evaluate_entry.USER_ERRORS), words)
+
+
+def test_evaluate_names_file_and_line_of_a_bad_qrels_score_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    beir_split(tmp_path, ["q1\td1\t1", "q1\td1\t1.5"])
+    monkeypatch.setattr(evaluate_entry, "load_run", lambda *a, **k: pytest.fail("the model loaded"))
+    cfg = evaluate_cfg(tmp_path, "eval=beir", f"eval.path={tmp_path}", "eval.instruction=x", "run=/any")
+    message = expect_exit(capsys, evaluate_entry.evaluate, cfg, errors=evaluate_entry.USER_ERRORS)
+    assert_words(message, (f"{tmp_path / 'qrels' / 'test.tsv'}:3", "'1.5'"))
+
+
+def test_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
+    """A ValueError from a bug is not a user error: it propagates (traceback), no exit 2."""
+    def bug(*args, **kwargs):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(evaluate_entry, "build_tasks", bug)
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        exit_on_user_error(evaluate_entry.evaluate, evaluate_cfg(tmp_path), errors=evaluate_entry.USER_ERRORS)
+
+
+# --- encode / export command lines ------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,words", [
+    (["--batch-size", "0"], ("--batch-size=0", ">= 1")),
+    (["--max-tokens", "0"], ("--max-tokens=0", ">= 1")),
+    (["--max-length", "1"], ("--max-length=1", ">= 2")),
+    (["--input", "/no/such/input.jsonl"], ("/no/such/input.jsonl", "no such file")),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_encode_option_mistakes_exit_2(argv, words, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\ntwo\n")
+    args = ["run=/any", f"--input={texts}", f"--output={tmp_path / 'out.npy'}", *argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: encode_cli.main(args))
+    assert exit_info.value.code == 2
+    assert_words(capsys.readouterr().err, words)
+
+
+def test_encode_blank_line_names_file_and_line(tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\n\nthree\n")
+    with pytest.raises(SystemExit):
+        run_main(lambda: encode_cli.main(["run=/any", f"--input={texts}", f"--output={tmp_path / 'o.npy'}"]))
+    assert_words(capsys.readouterr().err, (f"{texts}:2", "blank line"))
+
+
+def test_export_max_length_and_missing_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_main(lambda: export_cli.main(["run=/no/such/run", f"out={tmp_path / 'x'}", "--max-length", "1"]))
+    assert_words(capsys.readouterr().err, ("max_length=1", "at least 2"))
+    with pytest.raises(SystemExit):
+        run_main(lambda: export_cli.main(["run=/no/such/run", f"out={tmp_path / 'x'}"]))
+    assert_words(capsys.readouterr().err, ("/no/such/run", "is not a training run"))
+
+
+# --- loading never executes code from files -----------------------------------------------------------------------
+class Payload:
+    """Unpickling this calls shutil.copy(this file, marker): the marker appears if the checkpoint's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return shutil.copy, (__file__, str(self.marker))
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the session's tiny run (embedder/ + checkpoints/) that a test may tamper with."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("csv", "wandb", "eval"))
+    return run
+
+
+def test_pickled_checkpoint_payload_never_runs(run_copy, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = run_copy / "checkpoints" / "evil.ckpt"
+    state = torch.load(run_copy / "checkpoints" / "last.ckpt", weights_only=True)
+    torch.save(state | {"extra": Payload(marker)}, evil)
+    message = expect_exit(capsys, load_run, evil)  # what encode / evaluate / export / passkey call
+    assert_words(message, (str(evil), "refused", "shutil.copy"))
+    cfg = compose_train([*TINY, f"ckpt_path={evil}"], tmp_path / "resumed")  # resuming training from it
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS), (str(evil), "refused"))
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is real: an unrestricted unpickler runs it
+    assert marker.exists()
+
+
+def test_corrupt_checkpoint_is_named_without_suggesting_weights_only_false(run_copy, capsys):
+    bad = run_copy / "checkpoints" / "broken.ckpt"
+    bad.write_bytes(b"\x80\x02 not a checkpoint" * 8)
+    message = expect_exit(capsys, load_run, bad)
+    assert_words(message, (str(bad), "not a readable checkpoint"))
+    assert "weights_only" not in message
+
+
+EVIL_PARTS = [
+    ("backbone", lambda m: {"_target_": "shutil.copy", "src": __file__, "dst": str(m)}),
+    ("instruction_style", lambda m: {"_target_": "builtins.exec", "_args_": [f"open({str(m)!r}, 'w').close()"]}),
+    ("pooling", lambda m: {"_target_": "embed_lm.model.pooling.Pooling", "name": "mean",
+                           "exclude_instruction": {"_target_": "shutil.copy", "src": __file__, "dst": str(m)}}),
+]
+
+
+@pytest.mark.parametrize("section,payload", EVIL_PARTS, ids=[p[0] for p in EVIL_PARTS])
+def test_run_folder_yaml_naming_code_is_refused_and_never_runs(section, payload, run_copy, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = run_copy / "embedder" / "config.yaml"
+    cfg = OmegaConf.load(path)
+    cfg[section] = payload(marker)
+    OmegaConf.save(cfg, path)
+    assert_words(expect_exit(capsys, load_run, run_copy), (str(path), section, "refused"))
+    assert not marker.exists()
+
+
+def test_trust_remote_code_is_never_read_from_a_folder():
+    saved = OmegaConf.create({"backbone": {"_target_": "embed_lm.model.backbone.build_backbone", "name": "x",
+                                           "architecture": "mistral", "model_name_or_path": "/m", "append_eos": True,
+                                           "lora_target_modules": [], "trust_remote_code": True},
+                              "pooling": {"_target_": "embed_lm.model.pooling.Pooling", "name": "mean"},
+                              "instruction_style": {"_target_": "embed_lm.model.instructions.NoInstruction"}})
+    spec, _, _ = model_parts(saved, "folder", trust_remote_code=False)  # what load_run passes without the flag
+    assert spec.trust_remote_code is False
+
+
+def test_malicious_run_folder_on_the_command_line_exits_2_without_running(run_copy, tmp_path):
+    marker = tmp_path / "pwned"
+    path = run_copy / "embedder" / "config.yaml"
+    cfg = OmegaConf.load(path)
+    cfg.backbone = {"_target_": "shutil.copy", "src": __file__, "dst": str(marker)}
+    OmegaConf.save(cfg, path)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one\n")
+    proc = subprocess.run([sys.executable, "-m", "embed_lm.encode", f"run={run_copy}", f"--input={texts}",
+                           f"--output={tmp_path / 'o.npy'}"], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+# --- an export is self-contained ------------------------------------------------------------------------------------
+def test_export_moved_or_copied_loads_its_own_weights(tiny_run, tmp_path):
+    texts = ["a short query", "a longer document about Debian packages and their descriptions"]
+    first = tmp_path / "first"
+    export_cli.export(tiny_run, first)
+    reference = load_run(first)[0].encode(texts)  # (2, D)
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    torch.testing.assert_close(load_run(moved)[0].encode(texts), reference, rtol=0, atol=0)
+    copied = tmp_path / "copied"
+    shutil.copytree(moved, copied)
+    (moved / "config.json").write_text("not json")  # any read of the original location would now fail
+    (moved / "model.safetensors").write_bytes(b"")
+    torch.testing.assert_close(load_run(copied)[0].encode(texts), reference, rtol=0, atol=0)
+    assert str(first) not in (copied / "embed_lm.yaml").read_text()
+
+
+# --- resumes and re-runs --------------------------------------------------------------------------------------------
+def test_checkpoint_records_its_resolved_config(tiny_run):
+    state = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state[CONFIG_KEY]["pooling"]["name"] == "last_token" and state[CONFIG_KEY]["trainer"]["max_steps"] == 2
+
+
+@pytest.mark.parametrize("change,words", [
+    (["pooling=mean"], ("pooling.name: 'last_token' -> 'mean'", "resume.allow_changes=[pooling.name]")),
+    (["optimizer.lr=5e-5"], ("optimizer.lr: 0.0001 -> 5e-05",)),
+    (["data.batch_size=4"], ("data.batch_size: 8 -> 4",)),
+    (["lora_rank=r8"], ("lora_rank.r: 16 -> 8",)),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_resume_with_a_changed_config_is_refused_with_a_diff(change, words, tiny_run, tmp_path, capsys):
+    cfg = compose_train([*TINY, "trainer.max_steps=2", *change, f"ckpt_path={tiny_run}/checkpoints/last.ckpt"],
+                        tmp_path / "resumed")
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+                 ("was trained with another config", *words))
+
+
+class PastTheCheck(Exception):
+    pass
+
+
+def test_allowed_change_passes_the_check(tiny_run, tmp_path, monkeypatch):
+    def stop(*args, **kwargs):
+        raise PastTheCheck
+
+    monkeypatch.setattr(train_entry.L, "seed_everything", stop)
+    cfg = compose_train([*TINY, "trainer.max_steps=2", "optimizer.lr=5e-5", "resume.allow_changes=[optimizer.lr]",
+                         f"ckpt_path={tiny_run}/checkpoints/last.ckpt"], tmp_path / "resumed")
+    with pytest.raises(PastTheCheck):  # got past the check to the training set-up
+        train_entry.train(cfg)
+
+
+def test_rerunning_a_finished_folder_with_another_config_is_refused_not_relabelled(run_copy, capsys):
+    before = {p: (run_copy / p).read_bytes() for p in ("done.json", "embedder/config.yaml")}
+    cfg = compose_train([*TINY, "trainer.max_steps=2", "pooling=mean"], run_copy)
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+                 (f"run folder {run_copy}", "pooling.name: 'last_token' -> 'mean'"))
+    assert {p: (run_copy / p).read_bytes() for p in before} == before
+
+
+def test_a_finished_folder_whose_record_predates_configs_is_not_relabelled(run_copy, capsys):
+    record = json.loads((run_copy / "done.json").read_text())
+    (run_copy / "done.json").write_text(json.dumps({k: v for k, v in record.items() if k != "config"}))
+    before = (run_copy / "done.json").read_bytes()
+    cfg = compose_train([*TINY, "trainer.max_steps=2", "pooling=mean"], run_copy)
+    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+                 (f"run folder {run_copy}", "another config", "another folder"))
+    assert (run_copy / "done.json").read_bytes() == before
+
+
+def test_continuing_a_finished_run_to_more_steps_equals_a_straight_run(tiny_run, tmp_path):
+    """tiny_run stopped at max_steps=2; continued to 4 it matches a 4-step run (warm-up is 2 steps, so the LR
+    schedules agree; the data position and RNG state resume exactly)."""
+    from safetensors.torch import load_file
+
+    continued, straight = tmp_path / "continued", tmp_path / "straight"
+    train_entry.train(compose_train([*TINY, "trainer.max_steps=4", f"ckpt_path={tiny_run}/checkpoints/last.ckpt"],
+                                    continued))
+    train_entry.train(compose_train([*TINY, "trainer.max_steps=4"], straight))
+    assert torch.load(continued / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    a, b = (load_file(d / "embedder" / "adapter" / "adapter_model.safetensors") for d in (continued, straight))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    old = load_file(tiny_run / "embedder" / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(old[k], a[k]) for k in a)  # the two extra steps trained
+
+
+# --- the command line: exit status and no traceback -------------------------------------------------------------
+def test_train_command_line_user_error_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "embed_lm.train", *TINY, "data.batch_size=abc",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.batch_size='abc'" in proc.stderr and "Traceback" not in proc.stderr
