@@ -1,6 +1,7 @@
 """Load what a training run wrote, for the entry points that use it (evaluate, encode, export, passkey).
 
-    load_run("outputs/train/runs/<run>")                       # base model + the run's LoRA adapter (embedder/)
+    load_run("outputs/train/runs/<run>")                       # base model + the run's LoRA adapter (embedder/),
+                                                               # or its full weights (embedder/model/, lora_rank=full)
     load_run("outputs/train/runs/<run>/checkpoints/last.ckpt") # base model + the LoRA weights of that checkpoint
     load_run("exported/<name>")                                # a merged export (python -m embed_lm.export)
     load_base(cfg)                                             # a base model, no adapter (backbone/pooling/style)
@@ -24,6 +25,7 @@ from embed_lm.model.encoder import TextEncoder
 
 
 MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to the merged weights
+FULL_WEIGHTS = "model"          # embedder/model/: a lora_rank=full run's weights (no adapter/)
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -44,31 +46,38 @@ def find_embedder_dir(run: str | Path) -> tuple[Path, Path | None]:
                                    "python -m embed_lm.train")
         return found, path
     for candidate in (path / "embedder", path):
-        if (candidate / "config.yaml").is_file() and (candidate / "adapter" / "adapter_config.json").is_file():
+        if (candidate / "config.yaml").is_file() and ((candidate / "adapter" / "adapter_config.json").is_file()
+                                                     or (candidate / FULL_WEIGHTS / "config.json").is_file()):
             return candidate, None
     raise RunNotFoundError(f"{path} is not a training run: expected {path / 'embedder' / 'config.yaml'} and "
-                           f"{path / 'embedder' / 'adapter' / 'adapter_config.json'} (written by "
-                           "python -m embed_lm.train), a .ckpt file inside a run's checkpoints/, or a merged export "
+                           f"{path / 'embedder' / 'adapter' / 'adapter_config.json'} (or embedder/{FULL_WEIGHTS}/"
+                           "config.json; written by python -m embed_lm.train), a .ckpt file inside a run's checkpoints/, or a merged export "
                            f"with {MERGED_CONFIG} (python -m embed_lm.export)")
 
 
 def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path | None = None,
                    device: str = "cpu", merge: bool = False, max_length: int | None = None) -> Embedder:
+    """adapter_dir: a run's embedder/ folder (LoRA adapter/ on the base model, or full weights in model/)."""
+    full = adapter_dir is not None and (adapter_dir / FULL_WEIGHTS / "config.json").is_file()
+    if full:  # lora_rank=full: the run's own weights replace the base model's
+        cfg = OmegaConf.merge(cfg, {"backbone": {"model_name_or_path": str(adapter_dir / FULL_WEIGHTS),
+                                                 "size": "full"}})
     spec = instantiate(cfg.backbone)
     backbone = spec.load()
     model = backbone.model
-    if adapter_dir is not None:
+    if adapter_dir is not None and not full:
         model = PeftModel.from_pretrained(model, str(adapter_dir / "adapter"))
-        if ckpt is not None:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-            prefix = "encoder.backbone."
-            weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            missing = [k for k in weights if k not in dict(model.named_parameters())]
-            if missing:
-                raise KeyError(f"{ckpt}: {len(missing)} tensors do not fit the run's adapter (e.g. {missing[0]})")
-            model.load_state_dict(weights, strict=False)
-        if merge:
-            model = model.merge_and_unload()
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        prefix = "encoder.backbone."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing = [k for k in weights if k not in dict(model.named_parameters())]
+        if missing:
+            raise KeyError(f"{ckpt}: {len(missing)} tensors do not fit the run's "
+                           f"{'weights' if full else 'adapter'} (e.g. {missing[0]})")
+        model.load_state_dict(weights, strict=False)
+    if merge and isinstance(model, PeftModel):
+        model = model.merge_and_unload()
     tokenizer = backbone.tokenizer
     if adapter_dir is not None and (adapter_dir / "tokenizer").is_dir():
         from transformers import AutoTokenizer

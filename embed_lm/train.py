@@ -7,7 +7,8 @@
     python -m embed_lm.train ... ckpt_path=<run dir>/checkpoints/last.ckpt      # resume a killed run
     python -m embed_lm.train --cfg job                          # print the resolved config
 
-Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter + tokenizer + resolved config),
+Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter, or model/ with lora_rank=full; tokenizer;
+resolved config),
 csv/metrics.csv, wandb/ (offline unless a key is set), and test_metrics.json.
 """
 
@@ -31,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embed_lm import conf_resolvers
 from embed_lm.training import run_record
-from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
+from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable, full_finetune
 from embed_lm.training.callbacks import SaveEmbedder
 from embed_lm.model.collator import TextCollator
 from embed_lm.data.records import DataFormatError
@@ -103,10 +104,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, collator=collator, instruction_style=style, _recursive_=True)
     datamodule.check()
 
-    model = add_lora(backbone.model, cfg.lora_rank.r, cfg.lora.alpha, cfg.lora.dropout,
-                     backbone.lora_target_modules, cfg.gradient_checkpointing)
-    log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
-             f"{count_trainable(model):,}")
+    if cfg.lora_rank.r is None:  # lora_rank=full
+        model = full_finetune(backbone.model, cfg.gradient_checkpointing)
+        log.info("full fine-tuning: %s trainable parameters", f"{count_trainable(model):,}")
+    else:
+        model = add_lora(backbone.model, cfg.lora_rank.r, cfg.lora.alpha, cfg.lora.dropout,
+                         backbone.lora_target_modules, cfg.gradient_checkpointing)
+        log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
+                 f"{count_trainable(model):,}")
     encoder = TextEncoder(model, instantiate(cfg.pooling))
     module = ContrastiveEncoderModule(encoder, loss_fn, **cfg.optimizer)
 

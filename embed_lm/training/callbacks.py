@@ -1,4 +1,5 @@
-"""Callbacks: write a usable embedder (PEFT adapter + tokenizer + resolved config) next to the checkpoints."""
+"""Callbacks: write a usable embedder (PEFT adapter or full weights + tokenizer + resolved config) next to the
+checkpoints."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -15,7 +17,8 @@ log = logging.getLogger(__name__)
 class SaveEmbedder(L.Callback):
     """On every checkpoint save and at the end of training, (re)write <dirpath>/ with:
 
-    adapter/      PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)
+    adapter/      PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors), or with lora_rank=full
+    model/        every weight (config.json + model.safetensors) and the tokenizer: a plain transformers folder
     tokenizer/    the tokenizer the run used
     config.yaml   the run's resolved config (backbone, pooling, instruction style, max length, ...)
 
@@ -28,7 +31,12 @@ class SaveEmbedder(L.Callback):
     def save(self, module: L.LightningModule) -> None:
         tmp = self.dirpath.with_name(self.dirpath.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        module.encoder.backbone.save_pretrained(tmp / "adapter")
+        model = module.encoder.backbone
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp / "adapter")
+        else:  # full fine-tuning
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / "model")
         self.tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "config.yaml").write_text(self.config_yaml)
         old = self.dirpath.with_name(self.dirpath.name + ".old")
