@@ -101,5 +101,6 @@ def load_run(run: str | Path, device: str = "cpu", merge: bool = False, max_leng
 
 
 def load_base(cfg: DictConfig, device: str = "cpu", max_length: int | None = None) -> Embedder:
-    """A base model without adapter, from a config holding backbone, pooling, instruction_style, data.max_length."""
-    return build_embedder(cfg, None, None, device, False, max_length)
+    """A base model without adapter, from a config holding backbone, pooling, instruction_style, data.max_length.
+    Max length: the max_length argument, else the backbone's own (backbone.max_length), else data.max_length."""
+    return build_embedder(cfg, None, None, device, False, max_length or cfg.backbone.get("max_length"))

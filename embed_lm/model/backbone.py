@@ -195,10 +195,11 @@ class TinyBackbone:
 def build_backbone(name: str, architecture: str, model_name_or_path: str, append_eos: bool,
                    lora_target_modules: list[str] | str, size: str = "full", tiny: dict | None = None,
                    padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
-                   trust_remote_code: bool = False) -> PretrainedBackbone | TinyBackbone:
+                   trust_remote_code: bool = False, max_length: int | None = None) -> PretrainedBackbone | TinyBackbone:
     """What every `backbone/<name>.yaml` builds. size=full: the pretrained model (hub id or local directory);
     size=tiny: a random-init model of the same architecture with the dimensions in `tiny` (CPU tests, smoke runs,
-    the CPU profile of the Table 4 sweep: `backbone.size=tiny`)."""
+    the CPU profile of the Table 4 sweep: `backbone.size=tiny`). max_length: a released embedder's own maximum
+    length, read by runs.load_base when a base model is evaluated without max_length= (not by training)."""
     if size == "full":
         return PretrainedBackbone(name, model_name_or_path, append_eos, lora_target_modules, padding_side, dtype,
                                   probe_timeout_s, trust_remote_code)
