@@ -5,7 +5,7 @@
 
 Reads every row folder's .hydra/hydra.yaml (which ablation row it is), done.json (finished?) and
 eval/<suite>/scores.json, and writes next to them: table4.md and table4.csv (the paper's row order and columns,
-our numbers, each row's model, delta vs the default row (llama2: vs tiny_default when the sweep has it), the
+our numbers, each row's model, delta vs the default row (a random-init llama2 row: vs tiny_default), the
 paper's numbers labelled as the paper's, whether each delta has the paper's sign), table4_deltas.png, and a W&B
 run (group table4) whose table links every row's W&B run. Rows whose run failed or is missing are listed as such.
 """
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from embed_lm.eval.scores import COLUMNS
 
@@ -35,7 +36,7 @@ ROWS = [  # (ablation row, the paper's label, the paper's Table 4 numbers: 7 cat
     ("tiny_default", "tiny Mistral reference (CPU profile)", [None] * 8),
 ]
 FIELDS = COLUMNS + ["Avg"]
-REFERENCE = {"llama2": "tiny_default"}  # a row's delta is taken against this row when the sweep has it finished
+REFERENCE = {"llama2": "tiny_default"}  # a random-init row's delta is taken against this row (n/a until it ran)
 
 
 def find_rows(sweep: Path) -> dict[str, dict]:
@@ -66,8 +67,9 @@ def row_model(run_dir: Path) -> str:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return "n/a"
-    backbone = yaml.safe_load(path.read_text()).get("backbone") or {}
-    return f"{backbone.get('name')} (random init)" if backbone.get("size") == "tiny" else str(backbone.get("name"))
+    cfg = OmegaConf.load(path)  # .hydra/config.yaml is unresolved: resolve just the two fields read here
+    name, size = (OmegaConf.select(cfg, f"backbone.{k}", default=None) for k in ("name", "size"))
+    return f"{name} (random init)" if size == "tiny" else str(name)
 
 
 def finding(delta: float | None, paper_delta: float | None) -> str:
@@ -94,7 +96,7 @@ def build_table(sweep: Path, released: Path | None = None) -> list[dict]:
     table = []
     for row, label, paper in ROWS:
         info = found.get(row, {"status": "missing", "dir": None, "scores": None, "wandb": None, "model": "n/a"})
-        ref = REFERENCE.get(row) if found.get(REFERENCE.get(row), {}).get("status") == "finished" else None
+        ref = REFERENCE.get(row) if info["model"].endswith("(random init)") else None  # like with like
         base = row_values(found.get(ref or "default", {}).get("scores"))
         ours = row_values(info["scores"])
         delta = [None if a is None or b is None else a - b for a, b in zip(ours, base)]
