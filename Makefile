@@ -8,6 +8,8 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: help install demo test train-tiny passkey sweep-table4 table4-report bench gpu-check clean
 PROFILE ?= paper
 SWEEP_DIR ?= sweeps/table4/$(PROFILE)
+ROWS_paper := glob(*,exclude=tiny_default)# tiny_default: the CPU profile's reference for its tiny llama2 row
+ROWS_cpu := glob(*)
 PASSKEY_VARIANTS := window4k_base1e4,window32k_base1e4,window32k_base1e5,window32k_base1e6
 
 help: ## list the targets
@@ -34,7 +36,7 @@ passkey: install ## passkey retrieval (paper Fig. 5): the 4 variants as one mult
 	$(BIN)/python -m embed_lm.passkey -m passkey_variant=$(PASSKEY_VARIANTS) $(ARGS)
 
 sweep-table4: install ## the paper's Table 4 as one multirun + report; PROFILE=paper (7B, MTEB) | cpu (tiny, local suite)
-	$(BIN)/python -m embed_lm.train -m 'ablation=glob(*)' experiment=table4_$(PROFILE) hydra.sweep.dir=$(SWEEP_DIR) \
+	$(BIN)/python -m embed_lm.train -m 'ablation=$(ROWS_$(PROFILE))' experiment=table4_$(PROFILE) hydra.sweep.dir=$(SWEEP_DIR) \
 		$(ARGS); status=$$?; $(BIN)/python -m embed_lm.report table4 $(SWEEP_DIR) && exit $$status
 
 table4-report: install ## rebuild table4.md/.csv/.png from the finished rows in SWEEP_DIR (PROFILE=... picks it)

@@ -11,7 +11,8 @@
     d = model.encode(passages)                                      # documents: no prompt
     # or: transformers.AutoModel.from_pretrained("exported/<name>") + the run's pooling
 
-The LoRA adapter is merged into the base weights (merge_and_unload, in float32) and saved with the run's tokenizer
+The LoRA adapter is merged into the base weights (merge_and_unload, in float32; a lora_rank=full run's weights are
+saved as they are) and saved with the run's tokenizer
 (decoders: made to end every text in EOS, see embed_lm/st_format.py) and the sentence-transformers module files:
 the run's pooling (last token / mean / weighted mean), L2 normalisation, max_seq_length = the run's max length, and
 named prompts "query" (the run's instruction style for `task`, default the run's test task, else MS-MARCO's) and

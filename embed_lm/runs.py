@@ -1,6 +1,7 @@
 """Load what a training run wrote, for the entry points that use it (evaluate, encode, export, passkey).
 
-    load_run("outputs/train/runs/<run>")                       # base model + the run's LoRA adapter (embedder/)
+    load_run("outputs/train/runs/<run>")                       # base model + the run's LoRA adapter (embedder/),
+                                                               # or its full weights (embedder/model/, lora_rank=full)
     load_run("outputs/train/runs/<run>/checkpoints/last.ckpt") # base model + the LoRA weights of that checkpoint
                                                                # (a file, or a folder from trainer=deepspeed_*)
     load_run("exported/<name>")                                # a merged export (python -m embed_lm.export)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to the merged weights
+FULL_WEIGHTS = "model"          # embedder/model/: a lora_rank=full run's weights (no adapter/)
 
 
 class RunNotFoundError(FileNotFoundError, UserError):
@@ -78,40 +80,45 @@ def find_embedder_dir(run: str | Path) -> tuple[Path, Path | None]:
                                    "python -m embed_lm.train")
         return found, path
     for candidate in (path / "embedder", path):
-        if (candidate / "config.yaml").is_file() and (candidate / "adapter" / "adapter_config.json").is_file():
+        if (candidate / "config.yaml").is_file() and ((candidate / "adapter" / "adapter_config.json").is_file()
+                                                     or (candidate / FULL_WEIGHTS / "config.json").is_file()):
             return candidate, None
     raise RunNotFoundError(f"{path} is not a training run: expected {path / 'embedder' / 'config.yaml'} and "
-                           f"{path / 'embedder' / 'adapter' / 'adapter_config.json'} (written by "
-                           "python -m embed_lm.train), a .ckpt file inside a run's checkpoints/, or a merged export "
+                           f"{path / 'embedder' / 'adapter' / 'adapter_config.json'} (or embedder/{FULL_WEIGHTS}/"
+                           "config.json; written by python -m embed_lm.train), a .ckpt file inside a run's checkpoints/, or a merged export "
                            f"with {MERGED_CONFIG} (python -m embed_lm.export)")
 
 
 def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path | None = None,
                    device: str = "cpu", merge: bool = False, max_length: int | None = None,
                    trust_remote_code: bool = False, where: str = "config", **backbone_overrides) -> Embedder:
-    """The embedder `cfg` describes. `trust_remote_code` is the caller's (the command line's), never the file's."""
+    """The embedder `cfg` describes; adapter_dir: a run's embedder/ folder (LoRA adapter/ on the base model, or
+    full weights in model/). `trust_remote_code` is the caller's (the command line's), never the file's."""
     saved = (cfg.get("backbone") or {}).get("trust_remote_code", False)
     if saved and not trust_remote_code:
         log.warning("%s sets backbone.trust_remote_code=true: ignored (only the command line can allow a model's "
                     "own code to run; pass trust_remote_code=true if you trust this model)", where)
+    full = adapter_dir is not None and (adapter_dir / FULL_WEIGHTS / "config.json").is_file()
+    if full:  # lora_rank=full: the run's own weights replace the base model's
+        backbone_overrides |= {"model_name_or_path": str(adapter_dir / FULL_WEIGHTS), "size": "full"}
     spec, pooling, style = model_parts(cfg, where, trust_remote_code=trust_remote_code, **backbone_overrides)
     state = None if ckpt is None else (  # read before the weights load: fail fast
         zero_checkpoint_state_dict(ckpt) if ckpt.is_dir() else read_checkpoint(ckpt)["state_dict"])  # dir: DeepSpeed
     spec.check()
     backbone = spec.load()
     model = backbone.model
-    if adapter_dir is not None:
+    if adapter_dir is not None and not full:
         model = PeftModel.from_pretrained(model, str(adapter_dir / "adapter"))
-        if state is not None:
-            prefix = "encoder.backbone."
-            weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            missing = [k for k in weights if k not in dict(model.named_parameters())]
-            if missing:
-                raise UserError(f"{ckpt}: {len(missing)} tensors do not fit the run's adapter (e.g. {missing[0]}); "
-                                "was it written by this run?")
-            model.load_state_dict(weights, strict=False)
-        if merge:
-            model = model.merge_and_unload()
+    if state is not None:
+        prefix = "encoder.backbone."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing = [k for k in weights if k not in dict(model.named_parameters())]
+        if missing:
+            raise UserError(f"{ckpt}: {len(missing)} tensors do not fit the run's "
+                            f"{'weights' if full else 'adapter'} (e.g. {missing[0]}); was it written by this run?")
+        model.load_state_dict(weights, strict=False)
+    if merge and isinstance(model, PeftModel):
+        model = model.merge_and_unload()
     tokenizer = backbone.tokenizer
     if adapter_dir is not None and (adapter_dir / "tokenizer").is_dir():
         from transformers import AutoTokenizer
@@ -143,6 +150,8 @@ def load_run(run: str | Path, device: str = "cpu", merge: bool = False, max_leng
 
 def load_base(cfg: DictConfig, device: str = "cpu", max_length: int | None = None) -> Embedder:
     """A base model without adapter, from a config holding backbone, pooling, instruction_style, data.max_length
-    (the command line's: its trust_remote_code is the user's own)."""
+    (the command line's: its trust_remote_code is the user's own). Max length: the max_length argument, else the
+    backbone's own (backbone.max_length), else data.max_length."""
     trust = bool((cfg.get("backbone") or {}).get("trust_remote_code", False))
-    return build_embedder(cfg, None, None, device, False, max_length, trust, "the command line")
+    return build_embedder(cfg, None, None, device, False, max_length or cfg.backbone.get("max_length"), trust,
+                          "the command line")

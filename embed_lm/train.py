@@ -8,9 +8,9 @@
     python -m embed_lm.train --cfg job                          # print the resolved config
     python -m embed_lm.train -m 'ablation=glob(*)' trainer=ddp_cpu   # a sweep; each row its own process group
 
-Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter + tokenizer + resolved config),
-csv/metrics.csv and csv/curves.png (python -m embed_lm.report runs <run>... for several), wandb/ (offline
-unless a key is set), and test_metrics.json.
+Writes to the run folder: checkpoints/ (resumable), embedder/ (LoRA adapter, or model/ with lora_rank=full;
+tokenizer; resolved config), csv/metrics.csv and csv/curves.png (python -m embed_lm.report runs <run>... for
+several), wandb/ (offline unless a key is set), and test_metrics.json.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from embed_lm.errors import ResumeMismatchError, UserError, exit_on_user_error
 from embed_lm.curves import write_run_curves
 from embed_lm.training import run_record
 from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
-from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable
+from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable, full_finetune
 from embed_lm.training.callbacks import SaveEmbedder
 from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
 from embed_lm.model.collator import TextCollator
@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     spec.check()  # seconds: a missing model or file fails before anything heavy happens
     loss_fn = instantiate(cfg.loss)
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
-                cfg.trainer.get("accumulate_grad_batches", 1))
+                cfg.trainer.get("accumulate_grad_batches", 1), full_finetune=cfg.lora_rank.r is None)
     style = instantiate(cfg.instruction_style)
     validate.check_train_files(cfg)  # every data file exists and is readable
     datamodule = instantiate(cfg.data, collator=None, instruction_style=style, _recursive_=True)
@@ -134,10 +134,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos,
                                        backbone.padding_side)
 
-    model = add_lora(backbone.model, cfg.lora_rank.r, cfg.lora.alpha, cfg.lora.dropout,
-                     backbone.lora_target_modules, cfg.gradient_checkpointing)
-    log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
-             f"{count_trainable(model):,}")
+    if cfg.lora_rank.r is None:  # lora_rank=full
+        model = full_finetune(backbone.model, cfg.gradient_checkpointing)
+        log.info("full fine-tuning: %s trainable parameters", f"{count_trainable(model):,}")
+    else:
+        model = add_lora(backbone.model, cfg.lora_rank.r, cfg.lora.alpha, cfg.lora.dropout,
+                         backbone.lora_target_modules, cfg.gradient_checkpointing)
+        log.info("LoRA r=%d on %s: %s trainable parameters", cfg.lora_rank.r, backbone.lora_target_modules,
+                 f"{count_trainable(model):,}")
     encoder = TextEncoder(model, instantiate(cfg.pooling), packing=cfg.get("packing", False))
     module = ContrastiveEncoderModule(encoder, loss_fn, **cfg.optimizer)
 

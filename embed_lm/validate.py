@@ -138,7 +138,7 @@ TRAIN_RULES = [
     Rule("data.test.path", "dir", required=False),
     Rule("data.dev.max_queries", "int", min=1, nullable=True, required=False),
     Rule("data.test.max_queries", "int", min=1, nullable=True, required=False),
-    Rule("lora_rank.r", "int", min=1, meaning="LoRA rank"),
+    Rule("lora_rank.r", "int", min=1, nullable=True, meaning="LoRA rank; null = full fine-tuning (lora_rank=full)"),
     Rule("lora.alpha", "number", min=0, min_open=True),
     Rule("lora.dropout", "number", min=0, max=1, max_open=True),
     Rule("gradient_checkpointing", "bool"),

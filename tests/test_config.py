@@ -35,7 +35,7 @@ def test_every_group_has_its_options():
     names = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
     assert names["backbone"] >= {"mistral", "llama2", "minilm", "tiny_mistral", "tiny_llama"}
     assert names["pooling"] == {"last_token", "mean", "weighted_mean"}
-    assert names["lora_rank"] == {"r8", "r16", "r32"}
+    assert names["lora_rank"] == {"r8", "r16", "r32", "full"}
     assert names["instruction_style"] == {"natural", "none", "task_prefix"}
     assert names["data"] >= {"synthetic_msmarco", "msmarco_only", "sample"}
     assert names["logger"] >= {"wandb", "csv", "none"}

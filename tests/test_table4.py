@@ -14,7 +14,7 @@ from embed_lm.report import ROWS, sweep_group, table4
 
 FACTOR = {"default": None, "llama2": "backbone", "msmarco_only": "data", "mean_pool": "pooling",
           "weighted_mean_pool": "pooling", "lora_r8": "lora_rank", "lora_r32": "lora_rank",
-          "no_instruction": "instruction_style", "task_prefix": "instruction_style"}
+          "no_instruction": "instruction_style", "task_prefix": "instruction_style", "tiny_default": "backbone"}
 
 
 def resolved_row(row):
@@ -26,12 +26,12 @@ def resolved_row(row):
     return choices, body
 
 
-def test_the_rows_are_the_papers_nine():
+def test_the_rows_are_the_papers_nine_and_the_cpu_reference():
     assert sorted(p.stem for p in (CONF / "ablation").glob("*.yaml")) == sorted(FACTOR)
     assert [r[0] for r in ROWS] == list(FACTOR)
 
 
-@pytest.mark.parametrize("row", [r for r in FACTOR if r != "default"])
+@pytest.mark.parametrize("row", [r for r in FACTOR if r not in ("default", "tiny_default")])
 def test_each_row_changes_exactly_its_factor(row):
     base_choices, base = resolved_row("default")
     choices, body = resolved_row(row)
@@ -62,15 +62,17 @@ def test_sweep_runs_all_nine_rows_then_the_report(tmp_path):
     assert sweep_group(sweep) == "table4_cpu"  # the report's W&B run joins the rows' group
     md = (sweep / "table4.md").read_text()
     assert "python -m embed_lm.report table4" in md and "paper" in md
-    assert (sweep / "table4.csv").read_text().count("\n") == 10 and (sweep / "table4_deltas.png").stat().st_size
+    assert (sweep / "table4.csv").read_text().count("\n") == 11 and (sweep / "table4_deltas.png").stat().st_size
     # re-running skips every finished row (same resolved config): nothing is trained again
     again = run(*tiny)
-    assert again.stderr.count("already holds a finished run") + again.stdout.count("already holds a finished") == 9
+    assert again.stderr.count("already holds a finished run") + again.stdout.count("already holds a finished") == 10
 
 
-def fake_row(sweep, name, row, status, avg=None):
+def fake_row(sweep, name, row, status, avg=None, backbone=None):
     d = sweep / name
     (d / ".hydra").mkdir(parents=True)
+    if backbone is not None:
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"backbone": backbone}))
     (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"ablation": row}}}}))
     if status == "finished":
         (d / "done.json").write_text("{}")
@@ -93,3 +95,22 @@ def test_report_lists_failed_and_missing_rows_in_the_papers_order(tmp_path):
     md = (tmp_path / "table4.md").read_text()
     assert md.index("LLaMA-2") < md.index("mean pool") < md.index("r=8")
     assert "failed: RuntimeError" in md and "missing" in md
+
+
+def test_cpu_profile_rows_models_findings_and_the_released_row(tmp_path):
+    minilm, tiny = {"name": "minilm", "size": "full"}, {"size": "tiny"}
+    fake_row(tmp_path, "ablation=default", "default", "finished", 50.0, minilm)
+    fake_row(tmp_path, "ablation=mean_pool", "mean_pool", "finished", 49.0, minilm)  # paper: -0.4, same sign
+    fake_row(tmp_path, "ablation=lora_r8", "lora_r8", "finished", 49.0, minilm)  # paper: +0.3, opposite sign
+    fake_row(tmp_path, "ablation=tiny_default", "tiny_default", "finished", 10.0, tiny | {"name": "mistral"})
+    fake_row(tmp_path, "ablation=llama2", "llama2", "finished", 12.0, tiny | {"name": "llama2"})
+    released = tmp_path / "released"
+    fake_row(released, "x", "x", "finished", 60.0)
+    table = {r["row"]: r for r in table4(tmp_path, use_wandb=False, released=released / "x" / "eval" / "local")}
+    assert table["default"]["model"] == "minilm" and table["llama2"]["model"] == "llama2 (random init)"
+    assert table["llama2"]["reference"] == "tiny_default" and table["llama2"]["delta"][-1] == pytest.approx(2.0)
+    assert table["mean_pool"]["finding"] == "agrees" and table["lora_r8"]["finding"] == "disagrees"
+    assert table["llama2"]["finding"] == "disagrees"  # paper: -1.6
+    assert table["released"]["ours"][-1] == 60.0 and table["released"]["delta"][-1] == pytest.approx(10.0)
+    md = (tmp_path / "table4.md").read_text()
+    assert "released model, measured here" in md and "1 of 3 judged rows agree" in md and "--released" in md

@@ -40,7 +40,7 @@ class LoadedBackbone:
     tokenizer: PreTrainedTokenizerBase
     append_eos: bool
     padding_side: str
-    lora_target_modules: list[str] = field(default_factory=list)
+    lora_target_modules: list[str] | str = field(default_factory=list)  # names, or one regex (peft fullmatch)
 
 
 def hub_reachable(endpoint: str, timeout_s: float) -> bool:
@@ -107,17 +107,22 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def _targets(target_modules: list[str] | str) -> list[str] | str:
+    """LoRA targets: module-name suffixes (a list) or one regex that peft matches against the full module name."""
+    return target_modules if isinstance(target_modules, str) else list(target_modules)
+
+
 class PretrainedBackbone:
     """A Hugging Face model loaded with AutoModel (no LM head) from a hub id or local directory."""
 
-    def __init__(self, name: str, model_name_or_path: str, append_eos: bool, lora_target_modules: list[str],
+    def __init__(self, name: str, model_name_or_path: str, append_eos: bool, lora_target_modules: list[str] | str,
                  padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
                  trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> None:
         self.name = name
         self.attn_implementation = attn_implementation
         self.model_name_or_path = model_name_or_path
         self.append_eos = append_eos
-        self.lora_target_modules = list(lora_target_modules)
+        self.lora_target_modules = _targets(lora_target_modules)
         self.padding_side = padding_side
         self.dtype = dtype
         self.probe_timeout_s = probe_timeout_s
@@ -198,14 +203,16 @@ class TinyBackbone:
 
 
 def build_backbone(name: str, architecture: str, model_name_or_path: str, append_eos: bool,
-                   lora_target_modules: list[str], size: str = "full", tiny: dict | None = None,
+                   lora_target_modules: list[str] | str, size: str = "full", tiny: dict | None = None,
                    padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
-                   trust_remote_code: bool = False, attn_implementation: str = "sdpa"
-                   ) -> PretrainedBackbone | TinyBackbone:
+                   trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+                   max_length: int | None = None) -> PretrainedBackbone | TinyBackbone:
     """What every `backbone/<name>.yaml` builds. size=full: the pretrained model (hub id or local directory);
     size=tiny: a random-init model of the same architecture with the dimensions in `tiny` (CPU tests, smoke runs,
     the CPU profile of the Table 4 sweep: `backbone.size=tiny`). attn_implementation: transformers' name
-    (sdpa, eager, flash_attention_2 with `packing=true` for padding-free varlen attention on GPUs)."""
+    (sdpa, eager, flash_attention_2 with `packing=true` for padding-free varlen attention on GPUs). max_length: a
+    released embedder's own maximum length, read by runs.load_base when a base model is evaluated without
+    max_length= (not by training)."""
     if size == "full":
         return PretrainedBackbone(name, model_name_or_path, append_eos, lora_target_modules, padding_side, dtype,
                                   probe_timeout_s, trust_remote_code, attn_implementation)
@@ -217,17 +224,34 @@ def build_backbone(name: str, architecture: str, model_name_or_path: str, append
     raise ValueError(f"backbone.size must be 'full' or 'tiny', got {size!r}")
 
 
-def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str],
+def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str] | str,
              gradient_checkpointing: bool = False) -> PeftModel:
-    """Freeze the backbone and add LoRA adapters (fp32) to every module named in target_modules."""
+    """Freeze the backbone and add LoRA adapters (fp32) to every module named in target_modules (name suffixes,
+    or one regex matched against the full module name, e.g. to leave out a BERT pooler that gets no gradient)."""
     if gradient_checkpointing:
         # non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_targets(target_modules),
                         bias="none")
     return get_peft_model(model, config)
+
+
+def full_finetune(model: PreTrainedModel, gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """Full fine-tuning (lora_rank=full): every weight the embedding depends on trains, in float32 (AdamW on bf16
+    weights would lose most updates). A BERT pooler stays frozen: the embedder pools the last hidden states, so it
+    never gets a gradient."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    if model.dtype != torch.float32:
+        log.info("full fine-tuning: casting %s weights to float32", model.dtype)
+        model = model.float()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("pooler."))
+    return model
 
 
 def count_trainable(model: torch.nn.Module) -> int:

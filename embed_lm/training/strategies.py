@@ -207,9 +207,13 @@ def strategy_name(strategy) -> str:
     return type(strategy).__name__.lower()
 
 
-def check_setup(loss, strategy, precision: str, accumulate_grad_batches: int) -> None:
+def check_setup(loss, strategy, precision: str, accumulate_grad_batches: int, full_finetune: bool = False) -> None:
     """Refuse combinations that cannot train correctly, with the reason and the alternative."""
     name = strategy_name(strategy)
+    if full_finetune and ("fsdp" in name or "deepspeed" in name):
+        raise IncompatibleSetupError(f"lora_rank=full cannot run with trainer.strategy={name} yet: its checkpoint and "
+                                     "embedder saving under FSDP/DeepSpeed are written (and tested) for LoRA adapters. "
+                                     "Use one device or trainer=ddp for full fine-tuning, or a LoRA rank (lora_rank=r16)")
     if "deepspeed" in name:
         try:
             importlib.import_module("deepspeed")
