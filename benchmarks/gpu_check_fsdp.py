@@ -8,7 +8,6 @@ use_orig_params=True. Memory is the largest peak over the ranks; tokens/s counts
 
 from __future__ import annotations
 
-import functools
 import json
 import tempfile
 from pathlib import Path
@@ -23,16 +22,11 @@ from embed_lm.plan.estimate import Shape, plan_step
 
 def wrap(encoder, device: torch.device):
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
     from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 
-    def trainable_leaf(module) -> bool:
-        return not list(module.children()) and getattr(module, "weight", None) is not None \
-            and module.weight.requires_grad
+    from embed_lm.training.strategies import lora_wrap_policy
 
-    policy = functools.partial(_or_policy, policies=[
-        functools.partial(lambda_auto_wrap_policy, lambda_fn=trainable_leaf),
-        functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={MistralDecoderLayer})])
+    policy = lora_wrap_policy({MistralDecoderLayer})  # what trainer=fsdp wraps with
     return FullyShardedDataParallel(encoder, auto_wrap_policy=policy, use_orig_params=True, device_id=device,
                                     sharding_strategy=ShardingStrategy.FULL_SHARD)
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.length_batching import chunk_sizes
 from embed_lm.model.instructions import InstructionStyle
 
 
@@ -67,8 +68,7 @@ class Embedder:
         """Slices over token counts sorted longest first: batch_size rows, or, with max_tokens, as many rows as fit
         the budget at the batch's first (longest) row."""
         start = 0
-        while start < len(lengths):
-            size = batch_size if max_tokens is None else max(1, max_tokens // lengths[start])
+        for size in chunk_sizes(list(lengths), None if max_tokens else batch_size, max_tokens):
             yield slice(start, start + size)
             start += size
 

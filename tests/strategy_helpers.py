@@ -68,16 +68,11 @@ def wrap(encoder, strategy: str, counter: CollectiveCounter):
         model.register_comm_hook(None, allreduce_hook)  # DDP's default, but through dist.all_reduce: counted
         return model
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
     from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 
-    def trainable_leaf(module) -> bool:  # PEFT's fsdp_auto_wrap_policy: LoRA layers in their own (fp32) units
-        return not list(module.children()) and getattr(module, "weight", None) is not None \
-            and module.weight.requires_grad
+    from embed_lm.training.strategies import lora_wrap_policy
 
-    policy = functools.partial(_or_policy, policies=[
-        functools.partial(lambda_auto_wrap_policy, lambda_fn=trainable_leaf),
-        functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={MistralDecoderLayer})])
+    policy = lora_wrap_policy({MistralDecoderLayer})  # what trainer=fsdp wraps with: LoRA layers in their own units
     return FullyShardedDataParallel(encoder, auto_wrap_policy=policy, use_orig_params=True,
                                     sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=torch.device("cpu"))
 

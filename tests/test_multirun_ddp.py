@@ -23,7 +23,7 @@ ROWS = ["default", "mean_pool"]
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp_sweep")
     cmd = [sys.executable, "-m", "embed_lm.train", "-m", f"ablation={','.join(ROWS)}", "experiment=table4_cpu",
-           "data=sample", "trainer=ddp_cpu", f"hydra.sweep.dir={tmp / 'sweep'}", f"paths.log_dir={tmp / 'logs'}",
+           "data=sample", "trainer=ddp_cpu", "backbone=tiny_mistral", "hydra/launcher=basic", f"hydra.sweep.dir={tmp / 'sweep'}", f"paths.log_dir={tmp / 'logs'}",
            "trainer.max_steps=2", "data.batch_size=8", "data.max_length=32", "logger=csv",
            "test_after_training=true", "eval.tasks=[DebianSummaryRetrieval]"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200,
@@ -53,7 +53,7 @@ def test_each_row_runs_once_as_its_own_process_group(sweep):
 def one_process(sweep):
     """The trained default row's test split, encoded by one process (Embedder, as `encode` does) and scored."""
     embedder, _ = load_run(row_dir(sweep[0], "default"), device="cpu", merge=False)
-    spec = compose_config("train", ["data=sample", "experiment=table4_cpu"]).data.test
+    spec = compose_config("train", ["data=sample", "experiment=table4_cpu", "backbone=tiny_mistral"]).data.test
     data = BeirSplit(spec.path, spec.split, spec.task).load()
     q = embedder.encode_queries(list(data.queries.values()), task=data.task)  # (Q, D)
     c = embedder.encode_documents(list(data.corpus.values()))  # (C, D)
