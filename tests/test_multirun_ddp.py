@@ -23,7 +23,8 @@ ROWS = ["default", "mean_pool"]
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp_sweep")
     cmd = [sys.executable, "-m", "embed_lm.train", "-m", f"ablation={','.join(ROWS)}", "experiment=table4_cpu",
-           "data=sample", "trainer=ddp_cpu", "backbone=tiny_mistral", "hydra/launcher=basic", f"hydra.sweep.dir={tmp / 'sweep'}", f"paths.log_dir={tmp / 'logs'}",
+           "data=sample", "trainer=ddp_cpu", "backbone=tiny_mistral", "hydra.launcher.n_jobs=1",
+           f"hydra.sweep.dir={tmp / 'sweep'}", f"paths.log_dir={tmp / 'logs'}",
            "trainer.max_steps=2", "data.batch_size=8", "data.max_length=32", "logger=csv",
            "test_after_training=true", "eval.tasks=[DebianSummaryRetrieval]"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200,

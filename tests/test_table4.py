@@ -53,7 +53,7 @@ def test_sweep_runs_all_nine_rows_then_the_report(tmp_path):
     sweep = tmp_path / "sweep"
     tiny = ["-m", "embed_lm.train", "-m", "ablation=glob(*)", "experiment=table4_cpu", f"hydra.sweep.dir={sweep}",
             "trainer.max_steps=2", "data.max_length=32", "eval.tasks=[DebianSummaryRetrieval]", "logger=csv",
-            "hydra/launcher=basic"]  # rows one after another in this process: no worker start-ups
+            "hydra.launcher.n_jobs=1"]  # rows one after another in this process: no worker start-ups
     run(*tiny)
     table = table4(sweep, use_wandb=False)
     assert [r["row"] for r in table] == [r[0] for r in ROWS]
