@@ -73,3 +73,27 @@ def test_zero_trains_and_its_checkpoint_folder_loads(stage, tmp_path):
         with open(resumed / "csv" / "metrics.csv") as f:
             steps = {int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")}
         assert steps and min(steps) >= 2, steps  # continued from step 2, not from 0
+
+
+class _Payload:
+    """Unpickling this writes a file: what a crafted checkpoint would do if it were loaded as code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_deepspeed_checkpoint_folder_is_refused_and_its_payload_never_runs(tmp_path):
+    from embed_lm.errors import UnsafeFileError
+    from embed_lm.training.checkpoints import zero_checkpoint_state_dict
+
+    folder, marker = tmp_path / "last.ckpt", tmp_path / "pwned"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "latest").write_text("checkpoint")
+    for name in ("zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        torch.save({"optimizer_state_dict": _Payload(str(marker)), "module": None}, folder / "checkpoint" / name)
+    with pytest.raises(UnsafeFileError, match="refused"):
+        zero_checkpoint_state_dict(folder)
+    assert not marker.exists()

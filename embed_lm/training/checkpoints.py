@@ -11,8 +11,13 @@ dict (single device, DDP, FSDP's full state dict), DeepSpeed writes with exclude
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 from typing import TYPE_CHECKING
 
 import torch
@@ -99,5 +104,32 @@ def zero_checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, Tensor]:
     except ImportError as e:
         raise ImportError(f"{path} is a DeepSpeed checkpoint: reading it needs DeepSpeed "
                           "(pip install -e '.[deepspeed]')") from e
-    state = get_fp32_state_dict_from_zero_checkpoint(str(path), exclude_frozen_parameters=True)
+    try:
+        with data_only_torch_load():
+            state = get_fp32_state_dict_from_zero_checkpoint(str(path), exclude_frozen_parameters=True)
+    except pickle.UnpicklingError as e:
+        from embed_lm.errors import UnsafeFileError
+
+        raise UnsafeFileError(f"{path}: refused: a file in this DeepSpeed checkpoint holds more than tensors and "
+                              f"plain values ({str(e).splitlines()[-1][:200]}); do not load checkpoints from sources "
+                              "you do not trust") from None
     return {clean_name(k): v for k, v in state.items()}
+
+
+# DeepSpeed's own plain classes in its checkpoint files (enum + a loss scaler's attributes), allowed when unpickling
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler")
+
+
+@contextlib.contextmanager
+def data_only_torch_load() -> Iterator[None]:
+    """DeepSpeed's converter reads its files with torch.load(weights_only=False); inside this context every torch.load
+    is weights_only=True with DeepSpeed's few plain classes allow-listed, so a crafted checkpoint cannot run code."""
+    classes = [getattr(importlib.import_module(module), name)
+               for module, _, name in (c.rpartition(".") for c in DEEPSPEED_SAFE_GLOBALS)]
+    original = torch.load
+
+    def load(*args, **kwargs):
+        return original(*args, **{**kwargs, "weights_only": True})
+
+    with torch.serialization.safe_globals(classes), mock.patch.object(torch, "load", load):
+        yield
