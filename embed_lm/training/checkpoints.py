@@ -15,6 +15,7 @@ import contextlib
 import copy
 import importlib
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -110,14 +111,16 @@ def zero_checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as e:
         from embed_lm.errors import UnsafeFileError
 
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         raise UnsafeFileError(f"{path}: refused: a file in this DeepSpeed checkpoint holds more than tensors and "
-                              f"plain values ({str(e).splitlines()[-1][:200]}); do not load checkpoints from sources "
-                              "you do not trust") from None
+                              f"plain values (loading it would call {found[1] if found else 'unknown code'}); do not "
+                              "load checkpoints from sources you do not trust") from None
     return {clean_name(k): v for k, v in state.items()}
 
 
-# DeepSpeed's own plain classes in its checkpoint files (enum + a loss scaler's attributes), allowed when unpickling
-DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler")
+# DeepSpeed's own plain classes in its checkpoint files (an enum, a loss scaler's attributes, a dataclass of offsets)
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                          "deepspeed.utils.tensor_fragment.fragment_address")
 
 
 @contextlib.contextmanager
