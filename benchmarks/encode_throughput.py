@@ -54,7 +54,7 @@ def sample_texts(n: int) -> list[str]:
 def build_ours(path: str, max_length: int, device: str):
     from embed_lm.model.backbone import PretrainedBackbone
     from embed_lm.model.collator import TextCollator
-    from embed_lm.embedder import Embedder
+    from embed_lm.inference.embedder import Embedder
     from embed_lm.model.encoder import TextEncoder
     from embed_lm.model.instructions import NoInstruction
     from embed_lm.model.pooling import Pooling
@@ -66,11 +66,13 @@ def build_ours(path: str, max_length: int, device: str):
 
 def padded_tokens_ours(embedder, texts: list[str], batch_size: int) -> int:
     """Token positions (padding included) our Embedder runs through the model: windows, exact token-count sort."""
+    from embed_lm.model.length_batching import length_slices
+
     total = 0
     for window in embedder.windows(texts):
         rows = embedder.collator.tokenize([""] * len(window), [texts[i] for i in window])
         lengths = sorted((len(ids) for ids, _ in rows), reverse=True)
-        total += sum(lengths[part][0] * len(lengths[part]) for part in embedder.batches(lengths, batch_size))
+        total += sum(lengths[part][0] * len(lengths[part]) for part in length_slices(lengths, batch_size))
     return total
 
 

@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: E402
 
 from embed_lm.model.backbone import TINY_TOKENIZER, TinyBackbone  # noqa: E402
 from embed_lm.model.collator import TextCollator  # noqa: E402
-from embed_lm.embedder import Embedder  # noqa: E402
+from embed_lm.inference.embedder import Embedder  # noqa: E402
 from embed_lm.model.encoder import TextEncoder  # noqa: E402
 from embed_lm.model.instructions import NoInstruction  # noqa: E402
 from embed_lm.passkey.generate import generate_task  # noqa: E402

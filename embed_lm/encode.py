@@ -30,9 +30,9 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from embed_lm.cli import UsageError, check_at_least, parse_args, run_main
+from embed_lm.inference.cli import UsageError, check_at_least, parse_args, run_main
 from embed_lm.data.records import DataFormatError, SkipCounter, open_text, read_jsonl, text_field
-from embed_lm.embedder import Embedder
+from embed_lm.inference.embedder import Embedder
 from embed_lm.model.instructions import TASK_KINDS, InstructionStyle
 
 log = logging.getLogger("embed_lm.encode")
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.as_ == "document" and args.task is not None:
         log.warning("--task is ignored for --as document (documents get no instruction)")
     n = count_texts(args.input, args.field)  # a bad line fails here, before the model loads
-    from embed_lm.runs import load_run
+    from embed_lm.inference.runs import load_run
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     embedder, cfg = load_run(args.run, device=device, merge=not args.no_merge, max_length=args.max_length,

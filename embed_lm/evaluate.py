@@ -23,26 +23,19 @@ import mteb
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm import conf_resolvers, validate
+from embed_lm.config import resolvers as conf_resolvers, validate
 from embed_lm.data.records import DataFormatError
 from embed_lm.errors import UserError, exit_on_user_error
 from embed_lm.eval.mteb_encoder import MtebEncoder
 from embed_lm.eval.scores import TaskScore, format_table, summarize, write_scores
 from embed_lm.eval.suites import DatasetUnavailableError, UnknownTaskError, build_tasks
-from embed_lm.runs import RunNotFoundError, load_base, load_run
-from embed_lm.training.distributed import world
+from embed_lm.inference.runs import RunNotFoundError, load_base, load_run
+from embed_lm.model.distributed import resolve_device, world
 
 log = logging.getLogger("embed_lm.evaluate")
 conf_resolvers.register()
 USER_ERRORS = (UserError, RunNotFoundError, UnknownTaskError, DatasetUnavailableError, FileNotFoundError,
                DataFormatError)  # not every ValueError: a bug keeps its traceback
-
-
-def resolve_device(device: str) -> str:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if device == "cuda" and world()[1] > 1:
-        return f"cuda:{torch.cuda.current_device()}"  # each rank its own GPU
-    return device
 
 
 class ReadOnlyResultCache(mteb.ResultCache):

@@ -13,7 +13,7 @@
 
 The LoRA adapter is merged into the base weights (merge_and_unload, in float32; a lora_rank=full run's weights are
 saved as they are) and saved with the run's tokenizer
-(decoders: made to end every text in EOS, see embed_lm/st_format.py) and the sentence-transformers module files:
+(decoders: made to end every text in EOS, see embed_lm/inference/st_format.py) and the sentence-transformers module files:
 the run's pooling (last token / mean / weighted mean), L2 normalisation, max_seq_length = the run's max length, and
 named prompts "query" (the run's instruction style for `task`, default the run's test task, else MS-MARCO's) and
 "document" (""). sentence-transformers then gives our Embedder's embeddings (tests/test_export.py).
@@ -31,17 +31,12 @@ from pathlib import Path
 
 import torch
 
-from embed_lm.cli import UsageError, parse_args, run_main
-from embed_lm.model.instructions import TASK_KINDS
-from embed_lm.st_format import ExportError, check_tokenizer, save_tokenizer, write_st_modules
+from embed_lm.inference.cli import UsageError, parse_args, run_main
+from embed_lm.model.instructions import TASK_KINDS, default_task
+from embed_lm.inference.st_format import ExportError, check_tokenizer, save_tokenizer, write_st_modules
 
 log = logging.getLogger("embed_lm.export")
-MSMARCO_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def default_task(cfg) -> str:
-    return ((cfg.get("data") or {}).get("test") or {}).get("task") or MSMARCO_TASK
 
 
 def export(run: str | Path, out: Path, task: str | None = None, kind: str = "short-long", dtype: str = "float32",
@@ -49,7 +44,7 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
     """Write the merged model to `out`; returns the named prompts."""
     from omegaconf import OmegaConf, open_dict
 
-    from embed_lm.runs import MERGED_CONFIG, build_embedder, find_embedder_dir, read_config
+    from embed_lm.inference.runs import MERGED_CONFIG, build_embedder, find_embedder_dir, read_config
 
     embedder_dir, ckpt = find_embedder_dir(run)
     cfg = read_config(embedder_dir / "config.yaml")
@@ -93,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="max_seq_length of the export (default: the run's)")
     p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier export")
     p.add_argument("--card", nargs="?", const=True, default=False, type=lambda v: v.lower() in ("1", "true", "yes"),
-                   help="write a model card, README.md (embed_lm/model_card.py): card=true")
+                   help="write a model card, README.md (embed_lm/inference/model_card.py): card=true")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="write the card and upload the folder to this hub repo")
     p.add_argument("--trust-remote-code", action="store_true", help="let the run's base model run its own code "
                    "(only if you trust it; never read from the run folder)")
@@ -112,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"max_length={args.max_length}: must be at least 2")
     prompts = export(args.run, args.out, args.task, args.kind, args.dtype, args.max_length, args.trust_remote_code)
     if args.card or args.push_to_hub:
-        from embed_lm.model_card import publish
+        from embed_lm.inference.model_card import publish
 
         publish(args.run, args.out, prompts, args.card, args.push_to_hub)
     print(f"wrote {args.out}: SentenceTransformer({str(args.out)!r}).encode(texts, prompt_name='query') for "

@@ -22,11 +22,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from embed_lm import conf_resolvers
-from embed_lm.data.mining import (EmbedderModel, MiningWindow, mine, read_jsonl_pairs, read_msmarco_ids,
+from embed_lm.config import resolvers as conf_resolvers
+from embed_lm.inference.mining import (EmbedderModel, MiningWindow, mine, read_jsonl_pairs, read_msmarco_ids,
                                   write_jsonl, write_msmarco_triples)
 from embed_lm.data.records import DataFormatError
-from embed_lm.evaluate import resolve_device
+from embed_lm.model.distributed import resolve_device
 
 log = logging.getLogger("embed_lm.mine")
 conf_resolvers.register()
@@ -43,7 +43,7 @@ def build_model(cfg: DictConfig):
             model.prompts = {"query": cfg.model.query_prompt}
             model.default_prompt_name = None
         return model
-    from embed_lm.runs import load_base, load_run
+    from embed_lm.inference.runs import load_base, load_run
 
     if cfg.model.run:
         embedder, _ = load_run(cfg.model.run, device=device, max_length=cfg.data.max_length)

@@ -34,9 +34,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm import conf_resolvers, validate
+from embed_lm.config import resolvers as conf_resolvers, validate
 from embed_lm.errors import ResumeMismatchError, UserError, exit_on_user_error
-from embed_lm.curves import write_run_curves
+from embed_lm.training.curves import write_run_curves
 from embed_lm.training import run_record
 from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
 from embed_lm.model.backbone import BackboneNotFoundError, add_lora, count_trainable, full_finetune

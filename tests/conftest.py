@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from embed_lm import conf_resolvers  # noqa: E402
+from embed_lm.config import resolvers as conf_resolvers  # noqa: E402
 from embed_lm.model.backbone import TinyBackbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -58,7 +58,7 @@ def distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str,
     gathering, each followed by the gradient averaging DDP does; rank 0 saves losses and gradients."""
     import torch.distributed as dist
 
-    from embed_lm.training.distributed import average_gradients
+    from embed_lm.model.distributed import average_gradients
     from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
     from embed_lm.training.losses.infonce import InfoNCELoss
 

@@ -7,7 +7,7 @@ import matplotlib.image
 import pytest
 
 from conftest import compose_train
-from embed_lm.curves import PANELS, plot_runs, read_curves
+from embed_lm.training.curves import PANELS, plot_runs, read_curves
 from embed_lm.report import main as report_main
 from embed_lm.report import runs
 from embed_lm.train import train

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from embed_lm.data.beir import BeirSplit
-from embed_lm.data.msmarco import MSMARCO_TASK, MsMarcoSource
+from embed_lm.data.msmarco import MsMarcoSource
+from embed_lm.model.instructions import MSMARCO_TASK
 from embed_lm.data.records import DataFormatError
 from embed_lm.data.synthetic import SyntheticSource
 

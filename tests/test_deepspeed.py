@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from embed_lm.runs import load_run
-from embed_lm.training.checkpoints import zero_checkpoint_state_dict
+from embed_lm.inference.runs import load_run
+from embed_lm.inference.checkpoint_files import zero_checkpoint_state_dict
 from scale_helpers import lora_names
 
 pytest.importorskip("deepspeed", reason="pip install -e '.[deepspeed]' (make install does)")
@@ -87,7 +87,7 @@ class _Payload:
 
 def test_a_crafted_deepspeed_checkpoint_folder_is_refused_and_its_payload_never_runs(tmp_path):
     from embed_lm.errors import UnsafeFileError
-    from embed_lm.training.checkpoints import zero_checkpoint_state_dict
+    from embed_lm.inference.checkpoint_files import zero_checkpoint_state_dict
 
     folder, marker = tmp_path / "last.ckpt", tmp_path / "pwned"
     (folder / "checkpoint").mkdir(parents=True)

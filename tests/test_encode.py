@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from conftest import SAMPLE, compose_train
-from embed_lm.cli import parse_args, run_main
+from embed_lm.inference.cli import parse_args, run_main
 from embed_lm.data.records import DataFormatError
 from embed_lm.encode import build_parser, count_texts, main
-from embed_lm.runs import load_run
+from embed_lm.inference.runs import load_run
+from embed_lm.model.length_batching import length_slices
 from embed_lm.train import train
 
 TASK = "Given a one-line summary of a Debian software package, retrieve the package's full description"
@@ -76,7 +77,7 @@ def test_windows_and_token_budget_do_not_change_embeddings(embedder, texts):
 def test_token_budget_bounds_every_batch(embedder, texts):
     rows = embedder.collator.tokenize([""] * len(texts), texts)
     lengths = sorted((len(ids) for ids, _ in rows), reverse=True)
-    parts = list(embedder.batches(lengths, max_tokens=130))
+    parts = list(length_slices(lengths, max_tokens=130))
     assert all(lengths[p][0] * len(lengths[p]) <= 130 for p in parts if len(lengths[p]) > 1)
     assert sum(len(lengths[p]) for p in parts) == len(texts)
 

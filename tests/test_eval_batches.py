@@ -1,4 +1,4 @@
-"""Validation/test batching: the length-aware batches (cut as `encode` cuts them, embed_lm/embedder.py) give the
+"""Validation/test batching: the length-aware batches (cut as `encode` cuts them, embed_lm/inference/embedder.py) give the
 embeddings and metrics of plain input-order padded batches, and W shards cover every row once with equal batch
 counts (the 2-process run itself is in tests/test_multirun_ddp.py)."""
 
@@ -13,7 +13,7 @@ from embed_lm.data.datamodule import EvalCollator, eval_batches
 from embed_lm.model.backbone import TinyBackbone
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.instructions import NaturalInstruction
-from embed_lm.retrieval_metrics import retrieval_metrics
+from embed_lm.eval.retrieval_metrics import retrieval_metrics
 from scale_helpers import tiny_encoder
 
 BATCH = 16

@@ -14,8 +14,8 @@ from embed_lm.eval.mteb_encoder import MtebEncoder
 from embed_lm.eval.scores import COLUMNS
 from embed_lm.eval.suites import DatasetUnavailableError, UnknownTaskError
 from embed_lm.evaluate import evaluate
-from embed_lm.retrieval_metrics import retrieval_metrics
-from embed_lm.runs import RunNotFoundError
+from embed_lm.eval.retrieval_metrics import retrieval_metrics
+from embed_lm.inference.runs import RunNotFoundError
 
 FAST = ["max_length=48", "batch_size=128", "wandb.enabled=false"]
 

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from conftest import SAMPLE, compose_train
 from embed_lm.model.backbone import add_lora
-from embed_lm.cli import run_main
+from embed_lm.inference.cli import run_main
 from embed_lm.model.collator import TextCollator
 from embed_lm.export import main
-from embed_lm.runs import load_run
-from embed_lm.st_format import ExportError, check_tokenizer, save_tokenizer
+from embed_lm.inference.runs import load_run
+from embed_lm.inference.st_format import ExportError, check_tokenizer, save_tokenizer
 
 TOL = 1e-5  # fp32 on CPU; sentence-transformers batches and pads differently from us (measured ~3e-7)
 

@@ -1,6 +1,6 @@
 """trainer=fsdp_cpu (FSDP over 2 CPU processes, gloo) with a bf16 tiny Mistral base + fp32 LoRA: one FSDP step equals
 one process on the concatenated batch; a killed run resumes from its checkpoint; checkpoints hold exactly the LoRA
-tensors; the saved adapter is the trained LoRA weights; embed_lm.runs loads the run and its checkpoint."""
+tensors; the saved adapter is the trained LoRA weights; embed_lm.inference.runs loads the run and its checkpoint."""
 
 import csv
 import os
@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from embed_lm.runs import load_run
+from embed_lm.inference.runs import load_run
 from embed_lm.training.losses.infonce import InfoNCELoss
 from scale_helpers import batch, bf16_base, examples, fsdp_worker, lora_grads, lora_names, tiny_encoder
 

@@ -14,7 +14,7 @@ from embed_lm.model.backbone import TinyBackbone, add_lora, full_finetune
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.model.pooling import Pooling
-from embed_lm.runs import load_run
+from embed_lm.inference.runs import load_run
 from embed_lm.train import train
 
 TEXTS = ["apt: command-line package manager", "a library for parsing YAML", "tiny text editor for the console"]

@@ -10,7 +10,7 @@ import json
 import torch
 
 from conftest import compose_config
-from embed_lm.data.mining import EmbedderModel, MiningWindow, Pairs, mine, read_msmarco_ids
+from embed_lm.inference.mining import EmbedderModel, MiningWindow, Pairs, mine, read_msmarco_ids
 from embed_lm.data.msmarco import MsMarcoSource
 
 

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from huggingface_hub import ModelCard
 
-from embed_lm import model_card
+from embed_lm.inference import model_card
 from embed_lm.export import main
-from embed_lm.model_card import card_data, upload_plan
+from embed_lm.inference.model_card import card_data, upload_plan
 
 SCORES = {"suite": "mteb_en", "model": "tiny", "command": "python -m embed_lm.evaluate run=<run> eval=mteb_en",
           "avg": 41.5, "n_tasks": 2, "categories": {},

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ROOT, compose_config
 from embed_lm.data.beir import BeirSplit
-from embed_lm.retrieval_metrics import retrieval_metrics
-from embed_lm.runs import load_run
+from embed_lm.eval.retrieval_metrics import retrieval_metrics
+from embed_lm.inference.runs import load_run
 
 ROWS = ["default", "mean_pool"]
 

@@ -8,7 +8,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from conftest import compose_config
 from embed_lm.model.backbone import TinyBackbone
-from embed_lm.runs import load_base
+from embed_lm.inference.runs import load_base
 
 TASK = "Given a web search query, retrieve relevant passages that answer the query"
 QUERIES = ["how much protein should a female eat", "summit define"]

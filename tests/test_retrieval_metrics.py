@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embed_lm.retrieval_metrics import retrieval_metrics
+from embed_lm.eval.retrieval_metrics import retrieval_metrics
 
 
 def naive(q, c, relevant, k_recall):

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, compose_config
-from embed_lm.report import ROWS, sweep_group, table4
+from embed_lm.table4.report import ROWS, sweep_group, table4
 
 FACTOR = {"default": None, "llama2": "backbone", "msmarco_only": "data", "mean_pool": "pooling",
           "weighted_mean_pool": "pooling", "lora_r8": "lora_rank", "lora_r32": "lora_rank",

@@ -11,7 +11,7 @@ gets exactly N negatives: extra ones are dropped, missing ones are filled with o
 same part (counted, logged). Sources are Arrow tables cached under `data.cache_dir` (embed_lm/data/tables.py),
 built by `prepare_data` on local rank 0 and memory-mapped by every rank and worker.
 Eval batch: (indices (b,), TokenizedBatch) over queries (dataloader 2k) and corpus (dataloader 2k+1) of eval split k,
-cut as `encode` cuts them (embed_lm/embedder.py `length_batches`: tokenized once, sorted by exact token count, eval_batch_size rows
+cut as `encode` cuts them (embed_lm/model/length_batching.py `length_batches`: tokenized once, sorted by exact token count, eval_batch_size rows
 or eval_max_tokens a batch). With W ranks each rank gets batches rank, rank + W, ... (every rank tokenizes the split,
 which is cheap; the encoding is split W ways) and the module gathers the rows; ranks with one batch fewer get a
 one-row filler batch of index -1, so every rank runs the same number of forward passes (FSDP needs that).
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from embed_lm.embedder import length_batches
+from embed_lm.model.length_batching import length_batches
 from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample

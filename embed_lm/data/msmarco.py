@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 
 from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
 from embed_lm.data.tables import ExampleTable, RowSource, no_examples_error, open_arrow, write_arrow
+from embed_lm.model.instructions import MSMARCO_TASK
 
-MSMARCO_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 POSITIVE_KEYS = ("positive", "positives", "pos")
 NEGATIVE_KEYS = ("negative", "negatives", "neg")
 ID_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("line", pa.int64())])

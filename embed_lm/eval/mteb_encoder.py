@@ -23,8 +23,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from embed_lm.embedder import Embedder
-from embed_lm.training.distributed import gather_rows, world
+from embed_lm.inference.embedder import Embedder
+from embed_lm.model.distributed import gather_rows, world
 from embed_lm.eval.instructions import task_instruction, task_kind
 
 

@@ -14,6 +14,12 @@ from __future__ import annotations
 ASYMMETRIC_KINDS = ("short-long", "long-short", "short-short", "long-long")
 SYMMETRIC_KINDS = ("sts", "bitext")
 TASK_KINDS = ASYMMETRIC_KINDS + SYMMETRIC_KINDS
+MSMARCO_TASK = "Given a web search query, retrieve relevant passages that answer the query"  # paper Table 14
+
+
+def default_task(cfg) -> str:
+    """A run config's test task, else MS-MARCO's: the instruction used for queries when none is given."""
+    return ((cfg.get("data") or {}).get("test") or {}).get("task") or MSMARCO_TASK
 
 
 def check_task_kind(kind: str) -> str:

@@ -18,7 +18,7 @@ the whole batch at once" (as for any change of batch shape).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -95,3 +95,19 @@ def token_counts(*batches: TokenizedBatch) -> tuple[int, int]:
     """(real tokens, padded positions) of the given batches as collated (B x L each)."""
     real = sum(int(b.attention_mask.sum()) for b in batches)
     return real, sum(b.attention_mask.numel() for b in batches)
+
+
+def length_slices(lengths: Sequence[int], batch_size: int = 64, max_tokens: int | None = None) -> Iterator[slice]:
+    """Slices over token counts sorted longest first: batch_size rows, or, with max_tokens, as many rows as fit the
+    budget at the batch's first (longest) row."""
+    start = 0
+    for size in chunk_sizes(list(lengths), None if max_tokens else batch_size, max_tokens):
+        yield slice(start, start + size)
+        start += size
+
+
+def length_batches(lengths: Sequence[int], batch_size: int = 64, max_tokens: int | None = None) -> list[list[int]]:
+    """Row index lists, longest rows first: batch_size rows a batch, or, with max_tokens, as many rows as fit the
+    budget at the batch's first (longest) row. Rows of equal length keep their input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[part] for part in length_slices([lengths[i] for i in order], batch_size, max_tokens)]

@@ -27,9 +27,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from embed_lm import conf_resolvers
+from embed_lm.config import resolvers as conf_resolvers
 from embed_lm.model.backbone import BackboneNotFoundError
-from embed_lm.embedder import Embedder
+from embed_lm.inference.embedder import Embedder
 from embed_lm.errors import UserError
 from embed_lm.passkey.cache import load_or_generate, task_key
 from embed_lm.passkey.evaluate import evaluate_task
@@ -37,7 +37,7 @@ from embed_lm.passkey.generate import FitError
 from embed_lm.passkey.plot import plot_dir
 from embed_lm.passkey.results import append_row, is_done, read_csv
 from embed_lm.passkey.variants import VariantError, apply_variant, base_model, variant_of
-from embed_lm.runs import RunNotFoundError, load_base, load_run
+from embed_lm.inference.runs import RunNotFoundError, load_base, load_run
 
 log = logging.getLogger("embed_lm.passkey")
 USER_ERRORS = (UserError, BackboneNotFoundError, RunNotFoundError, FitError, VariantError, FileNotFoundError)

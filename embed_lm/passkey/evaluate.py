@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from embed_lm.embedder import Embedder
+from embed_lm.inference.embedder import Embedder
 from embed_lm.passkey.generate import Document, Task
 
 

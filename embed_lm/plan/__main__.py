@@ -19,7 +19,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from embed_lm import conf_resolvers
+from embed_lm.config import resolvers as conf_resolvers
 from embed_lm.plan.estimate import largest_chunk, plan_step
 from embed_lm.plan.shapes import shape_of
 from embed_lm.plan.sharding import strategy_key

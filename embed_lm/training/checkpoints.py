@@ -3,7 +3,6 @@ gathered from every rank (FSDP, DeepSpeed ZeRO-3), and a DeepSpeed checkpoint fo
 
     adapter_weights(trainer, peft_model)       # on EVERY rank (a collective under FSDP / ZeRO-3); complete on rank 0
     write_adapter(peft_model, weights, dir)    # rank 0: PEFT's adapter folder
-    zero_checkpoint_state_dict("<run>/checkpoints/last.ckpt")   # a DeepSpeed <name>.ckpt/ folder -> LoRA weights
 
 A checkpoint holds only the trainable (LoRA) weights: ContrastiveEncoderModule.on_save_checkpoint trims the state
 dict (single device, DDP, FSDP's full state dict), DeepSpeed writes with exclude_frozen_parameters=True.
@@ -11,32 +10,17 @@ dict (single device, DDP, FSDP's full state dict), DeepSpeed writes with exclude
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
-import pickle
-import re
-from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from embed_lm.inference.checkpoint_files import clean_name
+
 if TYPE_CHECKING:
     import lightning as L
-
-WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_forward_module.")
-
-
-def clean_name(name: str) -> str:
-    """A parameter's name as a state dict spells it: FSDP's and activation checkpointing's wrapper segments
-    removed ('encoder._fsdp_wrapped_module.backbone...' -> 'encoder.backbone...')."""
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
 
 def _name_in(root: torch.nn.Module, module: torch.nn.Module) -> str:
     """module's state-dict prefix inside root ('' for root itself)."""
@@ -92,47 +76,3 @@ def write_adapter(peft_model: torch.nn.Module, weights: dict[str, Tensor], path:
               str(path / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
 
-def zero_checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, Tensor]:
-    """The trainable weights (fp32) of a DeepSpeed checkpoint folder written by trainer=deepspeed_zero2/3
-    (<run>/checkpoints/<name>.ckpt/ with `latest` and checkpoint/*_states.pt), keyed like the LightningModule's
-    state dict, through DeepSpeed's own converter (get_fp32_state_dict_from_zero_checkpoint)."""
-    path = Path(checkpoint_dir)
-    if not (path / "latest").is_file():
-        raise FileNotFoundError(f"{path} is a folder but not a DeepSpeed checkpoint (no {path / 'latest'}); pass a "
-                                ".ckpt file or folder from a run's checkpoints/")
-    try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    except ImportError as e:
-        raise ImportError(f"{path} is a DeepSpeed checkpoint: reading it needs DeepSpeed "
-                          "(pip install -e '.[deepspeed]')") from e
-    try:
-        with data_only_torch_load():
-            state = get_fp32_state_dict_from_zero_checkpoint(str(path), exclude_frozen_parameters=True)
-    except pickle.UnpicklingError as e:
-        from embed_lm.errors import UnsafeFileError
-
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        raise UnsafeFileError(f"{path}: refused: a file in this DeepSpeed checkpoint holds more than tensors and "
-                              f"plain values (loading it would call {found[1] if found else 'unknown code'}); do not "
-                              "load checkpoints from sources you do not trust") from None
-    return {clean_name(k): v for k, v in state.items()}
-
-
-# DeepSpeed's own plain classes in its checkpoint files (an enum, a loss scaler's attributes, a dataclass of offsets)
-DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                          "deepspeed.utils.tensor_fragment.fragment_address")
-
-
-@contextlib.contextmanager
-def data_only_torch_load() -> Iterator[None]:
-    """DeepSpeed's converter reads its files with torch.load(weights_only=False); inside this context every torch.load
-    is weights_only=True with DeepSpeed's few plain classes allow-listed, so a crafted checkpoint cannot run code."""
-    classes = [getattr(importlib.import_module(module), name)
-               for module, _, name in (c.rpartition(".") for c in DEEPSPEED_SAFE_GLOBALS)]
-    original = torch.load
-
-    def load(*args, **kwargs):
-        return original(*args, **{**kwargs, "weights_only": True})
-
-    with torch.serialization.safe_globals(classes), mock.patch.object(torch, "load", load):
-        yield

@@ -29,12 +29,12 @@ from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from embed_lm.model.collator import TokenizedBatch
-from embed_lm.training.checkpoints import clean_name
-from embed_lm.training.distributed import average_gradients, broadcast_from_first, gather_rows
+from embed_lm.inference.checkpoint_files import clean_name
+from embed_lm.model.distributed import average_gradients, broadcast_from_first, gather_rows
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.model.length_batching import chunked_positions, embed_by_length, token_counts
 from embed_lm.training.losses.cached_infonce import CachedInfoNCELoss
-from embed_lm.retrieval_metrics import retrieval_metrics
+from embed_lm.eval.retrieval_metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
 

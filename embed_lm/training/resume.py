@@ -16,15 +16,14 @@ Checkpoints are read with torch.load(weights_only=True): data only, a pickled ob
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from embed_lm.errors import ResumeMismatchError, UnsafeFileError, UserError
+from embed_lm.errors import ResumeMismatchError, UserError
+from embed_lm.inference.checkpoint_files import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +34,6 @@ IGNORED = ("paths", "ckpt_path", "logger", "callbacks", "run_name", "resume", "e
            "trainer.num_sanity_val_steps", "trainer.default_root_dir", "trainer.enable_progress_bar")
 LENGTH = ("trainer.max_steps", "trainer.max_epochs")
 ABSENT = "(absent)"
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's contents, loaded as data only (tensors and plain values); raises a UserError naming the file
-    when it is damaged, not a checkpoint, or asks to run code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise UserError(f"checkpoint {path} does not exist") from e
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise UnsafeFileError(f"{path}: refused: loading it would call {found[1]} (code from the file); an "
-                                  "embed_lm checkpoint holds only tensors and plain values. Do not load files from "
-                                  "sources you do not trust") from None
-        raise UserError(f"{path}: not a readable checkpoint (damaged, or not written by python -m embed_lm.train)"
-                        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) and "weights_only" not in str(e) else type(e).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({reason}); damaged or truncated?") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise UserError(f"{path}: not an embed_lm checkpoint (no state_dict)")
-    return state
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,7 @@ One training step, for queries (B, L) and documents (M, L):
 Parameter gradients equal the plain loss's on the same forward passes (tested); peak activations are one chunk's.
 
 The step runs its own backward passes, so the LightningModule uses manual optimisation for it and averages
-gradients across ranks itself (embed_lm.training.distributed.average_gradients). Refused at start-up: fp16 autocast (it
+gradients across ranks itself (embed_lm.model.distributed.average_gradients). Refused at start-up: fp16 autocast (it
 would need loss scaling), FSDP and DeepSpeed (they reduce gradients inside each backward pass), gradient
 accumulation (use a larger batch: that is what this loss is for).
 """

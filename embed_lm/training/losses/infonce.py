@@ -10,10 +10,10 @@ including 0). Embeddings need not be normalised; the loss normalises them.
 
 Across devices (gather_across_devices=auto, the default: on whenever world size W > 1; true/false force it): D
 becomes the documents of all W ranks (W*B positives, W*M negatives), gathered with gradients by
-embed_lm.training.distributed.gather_with_grad. local_loss=true (default) scores only this rank's queries, positive
+embed_lm.model.distributed.gather_with_grad. local_loss=true (default) scores only this rank's queries, positive
 of local query i at global column rank*B + i; local_loss=false gathers the queries too and every rank computes the
 full W*B-query loss (same gradients after DDP's averaging, W times the logits work).
-See embed_lm/training/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
+See embed_lm/model/distributed.py for why the gradients equal the single-process loss on the concatenated batch.
 
 Duplicates (optional `mask`, (B, P + M) bool, True = not a negative for that query): a document whose text equals
 query i's positive, and the positive of another query with i's own text, are left out of i's denominator (their
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from embed_lm.training.distributed import gather_with_grad, world
+from embed_lm.model.distributed import gather_with_grad, world
 
 
 def info_nce_loss(queries: Tensor, positives: Tensor, negatives: Tensor | None, temperature: float = 0.02,

@@ -27,11 +27,10 @@ from peft import PeftModel
 
 from embed_lm.errors import ConfigError, UserError
 from embed_lm.model.collator import TextCollator
-from embed_lm.embedder import Embedder
+from embed_lm.inference.embedder import Embedder
 from embed_lm.model.encoder import TextEncoder
-from embed_lm.training.checkpoints import zero_checkpoint_state_dict
 from embed_lm.model.registry import build_part
-from embed_lm.training.resume import read_checkpoint
+from embed_lm.inference.checkpoint_files import read_checkpoint, zero_checkpoint_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -131,4 +131,4 @@ def check_tokenizer(out: Path, collator: TextCollator, prefix: str) -> None:
             raise ExportError(f"{out / 'tokenizer.json'}: the exported tokenizer gives {len(b)} tokens ending in "
                               f"{b[-3:]} for {(p + t)[:40]!r}..., the run's collator {len(a)} ending in {a[-3:]}; "
                               "sentence-transformers would not reproduce our embeddings (tokenizer class "
-                              f"{type(tokenizer).__name__}; see embed_lm/st_format.py)")
+                              f"{type(tokenizer).__name__}; see embed_lm/inference/st_format.py)")

@@ -7,8 +7,8 @@
     scores = m.similarity(q, d)                                                                          # (1, N)
     e = m.encode(texts, convert_to_tensor=True)   # like sentence-transformers: no instruction, torch out
 
-Built on embed_lm.runs.load_run (which rebuilds the run's backbone, pooling, instruction style and max length)
-and embed_lm.embedder.Embedder (length-sorted batches, torch.inference_mode, bf16 autocast on GPUs). Embeddings
+Built on embed_lm.inference.runs.load_run (which rebuilds the run's backbone, pooling, instruction style and max length)
+and embed_lm.inference.embedder.Embedder (length-sorted batches, torch.inference_mode, bf16 autocast on GPUs). Embeddings
 are L2-normalised float32, in input order; numpy arrays unless convert_to_tensor=True (then CPU tensors). A single
 string gives one vector (D,). The LoRA adapter is merged into the weights, as `python -m embed_lm.encode` does,
 and the two give the same embeddings (tests/test_api.py).
@@ -27,10 +27,9 @@ from torch import Tensor
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from embed_lm.embedder import Embedder
+    from embed_lm.inference.embedder import Embedder
 
 Embeddings = Union[np.ndarray, Tensor]
-MSMARCO_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 class EmbeddingModel:
@@ -50,7 +49,9 @@ class EmbeddingModel:
     @property
     def default_task(self) -> str:
         """The run's test task, else MS-MARCO's: what encode_queries uses without `task`."""
-        return ((self.config.get("data") or {}).get("test") or {}).get("task") or MSMARCO_TASK
+        from embed_lm.model.instructions import default_task
+
+        return default_task(self.config)
 
     def encode(self, texts: str | Sequence[str], prompt: str = "", batch_size: int = 32,
                max_tokens: int | None = None, convert_to_tensor: bool = False, show_progress_bar: bool = False
@@ -107,7 +108,7 @@ def load(path: str | Path, device: str = "auto", max_length: int | None = None, 
          ) -> EmbeddingModel:
     """A run folder (python -m embed_lm.train), an export (python -m embed_lm.export) or a .ckpt inside a run.
     device: auto (cuda if available), cpu, cuda, cuda:1, ...; merge=False keeps the LoRA adapter separate."""
-    from embed_lm.runs import load_run
+    from embed_lm.inference.runs import load_run
 
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     embedder, cfg = load_run(path, device=resolved, merge=merge, max_length=max_length)

@@ -25,15 +25,8 @@ from torch import Tensor
 
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder
-from embed_lm.model.length_batching import chunk_sizes
+from embed_lm.model.length_batching import length_batches
 from embed_lm.model.instructions import InstructionStyle
-
-
-def length_batches(lengths: Sequence[int], batch_size: int = 64, max_tokens: int | None = None) -> list[list[int]]:
-    """Row index lists, longest rows first: batch_size rows a batch, or, with max_tokens, as many rows as fit the
-    budget at the batch's first (longest) row. Rows of equal length keep their input order."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[part] for part in Embedder.batches([lengths[i] for i in order], batch_size, max_tokens)]
 
 
 class Embedder:
@@ -62,15 +55,6 @@ class Embedder:
             chars += len(texts[i])
         if window:
             yield window
-
-    @staticmethod
-    def batches(lengths: Sequence[int], batch_size: int = 64, max_tokens: int | None = None) -> Iterator[slice]:
-        """Slices over token counts sorted longest first: batch_size rows, or, with max_tokens, as many rows as fit
-        the budget at the batch's first (longest) row."""
-        start = 0
-        for size in chunk_sizes(list(lengths), None if max_tokens else batch_size, max_tokens):
-            yield slice(start, start + size)
-            start += size
 
     @torch.inference_mode()
     def iter_encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,

@@ -177,7 +177,7 @@ def publish(run: str | Path, out: Path, prompts: dict[str, str], card: bool, rep
     repo_id (if given). Returns the card's path."""
     from omegaconf import OmegaConf
 
-    from embed_lm.runs import find_embedder_dir
+    from embed_lm.inference.runs import find_embedder_dir
 
     written = None
     if card or repo_id:

@@ -24,6 +24,14 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> cuda if available else cpu; under several processes on GPUs each rank gets its own GPU."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if device == "cuda" and world()[1] > 1:
+        return f"cuda:{torch.cuda.current_device()}"  # each rank its own GPU
+    return device
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate x (n, ...) from all ranks in rank order: (W * n, ...); gradients flow back to every rank."""
     _, size = world()

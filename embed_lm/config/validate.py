@@ -1,6 +1,6 @@
 """Every config value checked before anything heavy loads: one table of rules, one rule per option.
 
-    from embed_lm import validate
+    from embed_lm.config import validate
     validate.check_train(cfg)       # python -m embed_lm.train calls it first: every value in its range
     validate.check_train_files(cfg) # then, after the (seconds) model lookup: every data file exists and is readable
     validate.check_evaluate(cfg)    # python -m embed_lm.evaluate

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from embed_lm.errors import UserError, exit_on_user_error
 from embed_lm.model.backbone import BackboneNotFoundError
 from embed_lm.data.records import DataFormatError
-from embed_lm.runs import RunNotFoundError
+from embed_lm.inference.runs import RunNotFoundError
 
 
 class UsageError(UserError, ValueError):

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
-from embed_lm.embedder import Embedder
+from embed_lm.inference.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
