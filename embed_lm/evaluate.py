@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
 import sys
 from pathlib import Path
 
 import hydra
-import mteb
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm.config import resolvers as conf_resolvers, validate
 from embed_lm.data.records import DataFormatError
 from embed_lm.errors import UserError, exit_on_user_error
-from embed_lm.eval.mteb_encoder import MtebEncoder
-from embed_lm.eval.scores import TaskScore, format_table, summarize, write_scores
+from embed_lm.eval.runner import evaluate_embedder
 from embed_lm.eval.suites import DatasetUnavailableError, UnknownTaskError, build_tasks
 from embed_lm.inference.runs import RunNotFoundError, load_base, load_run
 from embed_lm.model.distributed import resolve_device, world
@@ -36,13 +33,6 @@ log = logging.getLogger("embed_lm.evaluate")
 conf_resolvers.register()
 USER_ERRORS = (UserError, RunNotFoundError, UnknownTaskError, DatasetUnavailableError, FileNotFoundError,
                DataFormatError)  # not every ValueError: a bug keeps its traceback
-
-
-class ReadOnlyResultCache(mteb.ResultCache):
-    """Ranks > 0: see the tasks rank 0 finished (so every rank skips the same ones), write nothing."""
-
-    def save_to_cache(self, *args, **kwargs) -> None:
-        return None
 
 
 def init_from_launcher() -> None:
@@ -89,42 +79,20 @@ def log_to_wandb(cfg: DictConfig, report: dict, out: Path, name: str) -> None:
 
 def evaluate(cfg: DictConfig) -> dict:
     validate.check_evaluate(cfg)  # every option in range before any model loads
-    tasks = build_tasks(cfg.eval.suite, list(cfg.eval.tasks) if cfg.eval.get("tasks") else None,
-                        sample_dir=cfg.eval.get("sample_dir"), path=cfg.eval.get("path"),
-                        split=cfg.eval.get("split", "test"), instruction=cfg.eval.get("instruction"),
-                        name=cfg.eval.get("name"))
+    tasks = build_tasks(**OmegaConf.to_container(cfg.eval, resolve=True))
     device = resolve_device(cfg.device)
     if cfg.run:
-        embedder, run_cfg = load_run(cfg.run, device=device, max_length=cfg.max_length,
-                                     trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+        embedder, _ = load_run(cfg.run, device=device, max_length=cfg.max_length,
+                               trust_remote_code=bool(cfg.get("trust_remote_code", False)))
         name = run_folder(cfg.run).resolve().name
     else:
         embedder, name = load_base(cfg, device=device, max_length=cfg.max_length), f"base-{cfg.backbone.name}"
     out = output_dir_for(cfg)
-    model = MtebEncoder(embedder, name=f"embed_lm/{name}", batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
-    rank, size = world()
-    cache = (mteb.ResultCache if rank == 0 else ReadOnlyResultCache)(cache_path=str(out / "mteb_cache"))
-    log.info("evaluating %s on %d %s task(s); results in %s", name, len(tasks), cfg.eval.suite, out)
-    results = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="always" if cfg.overwrite else
-                            "only-missing", raise_error=cfg.raise_error, show_progress_bar=rank == 0)
-    log.info("rank %d of %d encoded %d texts itself", rank, size, model.encoded)
-    by_name = {tr.task_name: tr for tr in results.task_results}
-    scores = [TaskScore(t.metadata.name, t.metadata.type, t.metadata.main_score,
-                        100 * float(by_name[t.metadata.name].get_score())) for t in tasks if t.metadata.name in by_name]
-    missing = [t.metadata.name for t in tasks if t.metadata.name not in by_name]
-    command = "python -m embed_lm.evaluate " + " ".join(sys.argv[1:])
-    if rank > 0:
-        return summarize(scores) | {"suite": cfg.eval.suite, "missing_tasks": missing,
-                                    "tasks": [asdict(t) | {"category": t.category} for t in scores]}
-    report = write_scores(out, scores, {"suite": cfg.eval.suite, "model": name, "command": command,
-                                        "missing_tasks": missing,
-                                        "instructions": {f"{k[0]}/{k[1]}": v for k, v in model.prefixes_used.items()}})
-    if missing:
-        log.warning("%d task(s) failed and are missing from the means: %s", len(missing), ", ".join(missing))
-    if cfg.wandb.enabled:
+    report = evaluate_embedder(embedder, name, tasks, out, cfg.eval.suite, batch_size=cfg.batch_size,
+                               max_tokens=cfg.max_tokens, overwrite=cfg.overwrite, raise_error=cfg.raise_error,
+                               command="python -m embed_lm.evaluate " + " ".join(sys.argv[1:]))
+    if world()[0] == 0 and cfg.wandb.enabled:
         log_to_wandb(cfg, report, out, name)
-    print(f"\n{cfg.eval.suite} scores for {name} (x100; Avg = mean over tasks), written to {out}/scores.csv:\n"
-          f"{format_table(report)}\n")
     return report
 
 

@@ -238,6 +238,8 @@ def check_train(cfg: DictConfig) -> None:
                               f"{', '.join(TinyBackbone.ARCHITECTURES)}")
     if backbone["size"] == "full" and not isinstance(backbone.get("model_name_or_path"), str):
         raise ConfigError("backbone.model_name_or_path must be a hub id or a local model folder")
+    if tree.get("eval") is not None:  # the evaluation after training: checked now, not after hours of training
+        check({**tree.get("evaluation", {}), "eval": tree["eval"]}, EVALUATE_RULES)
     betas = tree["optimizer"]["betas"]
     if not isinstance(betas, list) or len(betas) != 2:
         raise ConfigError(f"optimizer.betas={betas!r}: must be two numbers in [0, 1), e.g. [0.9,0.999]")
