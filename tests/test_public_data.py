@@ -321,3 +321,39 @@ def test_docs_table_matches_the_config(full_sources):
         assert row["instruction"] == " / ".join(f'"{t}"' for t in tasks), name
     assert "non-commercial" in table["quora_duplicates"]["licence"]
     assert "non-commercial" in table["msmarco_passage"]["licence"] and "none" in table["eli5"]["licence"]
+
+
+def test_build_t2ranking_and_msmarco_document_from_their_files(tmp_path):
+    """`python -m embed_lm.data.build <set> --from <files>` writes the BEIR folder data=full reads: only the judged
+    documents, headers skipped, .gz read, a tab inside a passage kept; the set then loads through its local path."""
+    import gzip
+
+    from embed_lm.data.build import BuildError, main
+
+    t2 = tmp_path / "T2Ranking" / "data"
+    t2.mkdir(parents=True)
+    (t2 / "collection.tsv").write_text("pid\tpara\n0\t长沙是湖南省的省会。\n1\t上海\t是一座城市。\n2\t不相关\n")
+    (t2 / "queries.train.tsv").write_text("qid\ttext\n7\t湖南省会是哪个城市\n8\t没有判断的问题\n")
+    (t2 / "qrels.retrieval.train.tsv").write_text("qid\tpid\n7\t0\n")
+    main(["t2ranking", "--from", str(tmp_path / "T2Ranking"), "--out", str(tmp_path / "t2ranking")])
+    assert len((tmp_path / "t2ranking" / "corpus.jsonl").read_text().splitlines()) == 1
+    [ex] = PublicSource("t2ranking", "beir", "t", local=str(tmp_path / "t2ranking")).load()
+    assert (ex.query, ex.positive) == ("湖南省会是哪个城市", "长沙是湖南省的省会。")
+
+    docs = tmp_path / "msmarco-doc"
+    docs.mkdir()
+    with gzip.open(docs / "msmarco-docs.tsv.gz", "wt") as f:
+        f.write("D1\thttp://a\tStars\tStars emit\tenergy.\nD2\thttp://b\tOther\tNot judged.\n")
+    (docs / "msmarco-doctrain-queries.tsv").write_text("5\twhat do stars emit\n")
+    (docs / "msmarco-doctrain-qrels.tsv").write_text("5 0 D1 1\n")
+    main(["msmarco_document", "--from", str(docs), "--out", str(tmp_path / "doc")])
+    [ex] = PublicSource("msmarco_document", "beir", "t", local=str(tmp_path / "doc")).load()
+    assert (ex.query, ex.positive) == ("what do stars emit", "Stars Stars emit\tenergy.")
+
+    with pytest.raises(SystemExit) as exit_:  # built already: one line, exit status 2, the folder untouched
+        main(["msmarco_document", "--from", str(docs), "--out", str(tmp_path / "doc")])
+    assert exit_.value.code == 2
+    from embed_lm.data.build import build
+    with pytest.raises(BuildError, match=r"lacks msmarco-docs.tsv, msmarco-doctrain-queries.tsv, msmarco-doctrain-qrels.tsv"):
+        build("msmarco_document", tmp_path / "new", tmp_path / "T2Ranking")
+    assert not (tmp_path / "new").exists()
