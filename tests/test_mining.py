@@ -193,3 +193,19 @@ def test_window_values_are_checked():
     with pytest.raises(ConfigError, match="both set"):
         MiningWindow(relative_margin=0.05, absolute_margin=0.1).check()
     MiningWindow().check()
+
+
+def test_memory_benchmark_runs_at_a_small_size(tmp_path, capsys):
+    """benchmarks/mining_memory.py's measured step (in this process, 3,000 passages): every pair gets a triple."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("mining_memory", ROOT / "benchmarks" / "mining_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.write_input(tmp_path, 3000, 50)
+    bench.worker(tmp_path, 50, 32, "cpu")
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["passages"] == 3000 and result["pairs"] == result["triples"] == 50
+    assert result["anon_mb"] > 0 and set(result["seconds"]) >= {"embed + search + pick", "write triples"}

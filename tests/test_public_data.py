@@ -357,3 +357,26 @@ def test_build_t2ranking_and_msmarco_document_from_their_files(tmp_path):
     with pytest.raises(BuildError, match=r"lacks msmarco-docs.tsv, msmarco-doctrain-queries.tsv, msmarco-doctrain-qrels.tsv"):
         build("msmarco_document", tmp_path / "new", tmp_path / "T2Ranking")
     assert not (tmp_path / "new").exists()
+
+
+def test_examples_used_are_recorded_in_the_run_folder(tmp_path):
+    """setup() writes <run folder>/data_sources.json: per set, the examples used (after its sample ratio)."""
+    import lightning as L
+
+    from embed_lm.data.datamodule import ContrastiveDataModule
+
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)]
+    write_parquet(tmp_path / "eli5" / "data" / "train-00000-of-00001.parquet", rows)
+    eli5 = PublicSource("eli5", "columns", "t", dataset=str(tmp_path / "eli5"),
+                        columns={"query": "question", "positive": "answer"}, sample_ratio=0.1)
+    nli = PublicSource("nli", "columns", TASKS["nli"], local=str(FIXTURES / "nli.jsonl"),
+                       columns={"query": "anchor", "positive": "positive", "negative": "negative"})
+    dm = ContrastiveDataModule("full", {"eli5": eli5, "nli": nli}, collator=None, instruction_style=None,
+                               cache_dir=str(tmp_path / "cache"))
+    dm.trainer = L.Trainer(default_root_dir=str(tmp_path / "run"), logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    record = json.loads((tmp_path / "run" / "data_sources.json").read_text())
+    assert record == {"eli5": {"examples": 2, "share_of_batches": pytest.approx(2 / 3, abs=1e-5)},
+                      "nli": {"examples": 1, "share_of_batches": pytest.approx(1 / 3, abs=1e-5)}}
