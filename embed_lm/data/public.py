@@ -158,6 +158,18 @@ def sample_rows(n: int, ratio: float | None, seed: str) -> np.ndarray | None:
     return np.sort(rng.choice(n, size=k, replace=False))
 
 
+def rows_by_id(table, wanted: set[str]) -> dict[str, dict]:
+    """The rows of a BEIR corpus/queries table whose `_id` is wanted, filtered in Arrow: the other rows (millions in
+    FEVER's and HotpotQA's corpora) never become Python objects."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    data = table.data.table if hasattr(table, "data") else table  # (memory-mapped) Arrow table of a datasets.Dataset
+    ids = pc.cast(data.column("_id"), pa.string())
+    kept = data.filter(pc.is_in(ids, value_set=pa.array(sorted(wanted), pa.string())))
+    return {str(r["_id"]): r for r in kept.to_pylist()}
+
+
 class PublicSource(RowSource):
     """`data.sources.<name>` of data=full: one public set, where it is read from, its mapping, the paper's
     instruction(s) and sample ratio (the fraction of the set's examples used)."""
@@ -264,8 +276,8 @@ class PublicSource(RowSource):
         rows = sample_rows(len(wanted), self.sample_ratio, self.name)
         wanted = wanted if rows is None else [wanted[i] for i in rows]
         wanted_q, wanted_d = {q for q, _ in wanted}, {d for _, d in wanted}
-        query_text = {str(r["_id"]): r["text"] for r in queries if str(r["_id"]) in wanted_q}
-        doc_text = {str(r["_id"]): _passage(r) for r in corpus if str(r["_id"]) in wanted_d}
+        query_text = {i: r["text"] for i, r in rows_by_id(queries, wanted_q).items()}
+        doc_text = {i: _passage(r) for i, r in rows_by_id(corpus, wanted_d).items()}
         missing = sum(q not in query_text or d not in doc_text for q, d in wanted)
         if missing:
             log.warning("source %s: %d qrels rows name a query or document that is not in the set; skipped",
