@@ -60,10 +60,12 @@ class _SentenceTransformerModel:
         self.model, self.batch_size = model, batch_size
 
     def encode_query(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, prompt_name="query", batch_size=self.batch_size, convert_to_numpy=True)
+        return self.model.encode(texts, prompt_name="query", batch_size=self.batch_size, convert_to_numpy=True,
+                                 show_progress_bar=False)
 
     def encode_document(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, prompt_name="document", batch_size=self.batch_size, convert_to_numpy=True)
+        return self.model.encode(texts, prompt_name="document", batch_size=self.batch_size, convert_to_numpy=True,
+                                 show_progress_bar=False)
 
 
 def input_source(inp: DictConfig) -> MsMarcoSource:

