@@ -20,6 +20,7 @@ one-row filler batch of index -1, so every rank runs the same number of forward 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -250,9 +251,23 @@ class ContrastiveDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.dataset is None:
             self.dataset = MixtureDataset(self.parts(), self.negatives_per_query, self.seed)
+            self.record_sources()
         for stage_name, spec in self.split_specs.items():
             if spec is not None and stage_name not in self.splits and stage in (None, "fit", "validate", "test"):
                 self.splits[stage_name] = spec.load()
+
+    def record_sources(self) -> None:
+        """<run folder>/data_sources.json: per sampling part, the examples used and the share of batches drawn
+        from it (rank 0; the run folder is the trainer's default_root_dir)."""
+        trainer = self.trainer
+        if trainer is None or trainer.global_rank != 0:
+            return
+        total = sum(p.ratio for p in self.dataset.parts) or 1.0
+        record = {p.name: {"examples": len(p), "share_of_batches": round(p.ratio / total, 6)}
+                  for p in self.dataset.parts}
+        out = Path(trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data_sources.json").write_text(json.dumps(record, indent=1))
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

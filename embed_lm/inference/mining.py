@@ -1,50 +1,54 @@
 """Hard-negative mining as the paper does it (FACTS.md section 1): sets without hard negatives get negatives mined
-from a smaller embedder's top-100, sampled from a rank window and kept clear of the positive's own score.
+from a smaller embedder's top-100, sampled from a rank window and kept clear of the positive's own score. Built to
+mine MS-MARCO's 8.8M passages on one GPU without holding the passages as Python strings.
 
-Retrieval, the rank window, the margin and the sampling are sentence-transformers' `util.mine_hard_negatives`
-(exact cosine top-k, or faiss with use_faiss=True); this module reads and writes our formats and lets any of the
-project's embedders (a base model, a trained run) stand in for a SentenceTransformer.
+    data = read_input(MsMarcoSource(...), cache_dir)            # the training reader's memory-mapped Arrow tables
+    mined = mine(data, EmbedderModel(embedder, task), MiningWindow(30, 100), work_dir)
+    write_output(mined, "triples.mined.ids.tsv")                # qid, positive pid, negative pid (or .jsonl)
 
-    pairs = read_msmarco_ids(collection, queries, qrels)              # or read_jsonl_pairs(paths)
-    mined = mine(pairs, EmbedderModel(embedder, task), MiningWindow(30, 100, num_negatives=1, relative_margin=0.05))
-    write_msmarco_triples(mined, path)                                # qid, positive pid, negative pid
+Reading: the collection, queries and pairs are MsMarcoSource's Arrow tables (embed_lm/data/msmarco.py: the training
+reader's rules and file:line errors, cached under data.cache_dir and memory-mapped). A text becomes a Python string
+only inside the block being embedded or written.
+Embedding: block by block into Arrow IPC files (one record batch of FixedSizeList rows per block), memory-mapped
+back, zero-copy per block; only the queries of the pairs are embedded.
+Search: exact inner product (embeddings are L2-normalised: cosine), corpus block by query block on the device, with a
+running top-K per query (faiss IndexFlatIP instead with use_faiss). Host memory besides the embedding files:
+(Q, K) scores and rows, (N, negatives) picks and 8 bytes a passage (a 64-bit hash of its text, so a copy of a
+positive under another id never becomes its negative).
+Selection (the rules of sentence-transformers' util.mine_hard_negatives, which keeps every text in Python lists): a
+query's pool is its top range_max + P hits (P: its number of positives); the positives, copies of their texts and
+every hit scoring above cos(q, positive) - margin are removed; ranks range_min..range_max of the rest are the
+window, from which num_negatives are sampled (or the top ones).
 
-Names: Q queries, C corpus documents (deduplicated texts), D embedding size.
+Names: Q queries (of the pairs), C passages, N pairs, D embedding size, K pool size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import random
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
-from torch import Tensor
 
-from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
-from embed_lm.inference.embedder import Embedder
+from embed_lm.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pairs:
-    """Training pairs to mine for: (query id, positive id) rows over id -> text tables (ids are synthetic for
-    JSONL input). `corpus` holds every passage negatives may come from (at least the positives)."""
-    queries: dict[str, str]
-    corpus: dict[str, str]
-    rows: list[tuple[str, str]]  # (qid, positive pid)
-    negatives: dict[str, list[str]] = field(default_factory=dict)  # qid -> negative pids already given
+BLOCK = 8192  # texts embedded, or rows written, per block
 
 
 @dataclass(frozen=True)
 class MiningWindow:
-    """Which of a query's top `range_max` hits may become negatives: after the positives and every hit scoring
-    within the margin of the positive (cos > pos - absolute_margin, or > pos - |pos| * relative_margin) are removed,
-    ranks range_min..range_max of the rest; `num_negatives` of them, sampled at random (or the top ones)."""
+    """Which of a query's top hits may become negatives: after the positives and every hit scoring within the margin
+    of the positive (cos > pos - absolute_margin, or > pos - |pos| * relative_margin) are removed, ranks
+    range_min..range_max of the rest; `num_negatives` of them, sampled at random (or the top ones)."""
     range_min: int = 30
     range_max: int = 100
     num_negatives: int = 1
@@ -52,185 +56,289 @@ class MiningWindow:
     relative_margin: float | None = 0.05
     sampling_strategy: str = "random"
 
+    def check(self, option: str = "window") -> None:
+        """One line naming the option when a value is out of range (before anything is read or embedded)."""
+        def bad(name: str, value, allowed: str) -> ConfigError:
+            return ConfigError(f"{option}.{name}={value}: must be {allowed}")
+
+        if not isinstance(self.range_min, int) or self.range_min < 0:
+            raise bad("range_min", self.range_min, "an integer >= 0")
+        if not isinstance(self.range_max, int) or self.range_max <= self.range_min:
+            raise bad("range_max", self.range_max, f"an integer > range_min ({self.range_min})")
+        if not isinstance(self.num_negatives, int) or self.num_negatives < 1:
+            raise bad("num_negatives", self.num_negatives, "an integer >= 1")
+        if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
+            raise bad("relative_margin", self.relative_margin, "in [0, 1) (a fraction of cos(query, positive)), "
+                      "or null")
+        if self.absolute_margin is not None and not 0 <= self.absolute_margin <= 2:
+            raise bad("absolute_margin", self.absolute_margin, "in [0, 2] (a cosine difference), or null")
+        if self.relative_margin is not None and self.absolute_margin is not None:
+            raise ConfigError(f"{option}.relative_margin and {option}.absolute_margin are both set: set one, null the "
+                              "other")
+        if self.sampling_strategy not in ("random", "top"):
+            raise bad("sampling_strategy", self.sampling_strategy, "random or top")
+
+    def bound(self, positive: np.ndarray) -> np.ndarray:
+        """(N,) highest score a negative may have, per pair."""
+        if self.absolute_margin is not None:
+            return positive - self.absolute_margin
+        if self.relative_margin is not None:
+            return positive - np.abs(positive) * self.relative_margin
+        return np.full_like(positive, np.inf)
+
+
+def check_output(output: Path, ids_input: bool, option: str = "output") -> None:
+    """The output is a .tsv (id triples; ids input only) or .jsonl file, not a folder, in a folder we can write."""
+    if output.is_dir():
+        raise ConfigError(f"{option}={output} is a folder: name a file in it, e.g. {option}={output / 'mined'}"
+                          f".jsonl")
+    if output.suffix not in (".tsv", ".jsonl"):
+        raise ConfigError(f"{option}={output}: end it in .tsv (MS-MARCO id triples) or .jsonl (our JSONL)")
+    if output.suffix == ".tsv" and not ids_input:
+        raise ConfigError(f"{option}={output}: id triples need ids input (input.collection/queries/qrels); write "
+                          ".jsonl for JSONL input")
+    folder = output.parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file")
+        probe = folder / f".embed_lm_write_probe.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{option}={output}: cannot write in {folder} ({e.strerror or e}); pick a writable "
+                        f"folder: {option}=/path/mined{output.suffix}") from None
+
+
+@dataclass
+class MiningInput:
+    """Pairs over memory-mapped text columns: rows (N, 2) = (query row, positive passage row)."""
+    queries: pa.ChunkedArray  # texts
+    passages: pa.ChunkedArray  # texts
+    rows: np.ndarray  # (N, 2) int64, distinct pairs in input order
+    query_ids: pa.ChunkedArray | None = None  # ids input only
+    passage_ids: pa.ChunkedArray | None = None
+
+
+def read_input(source, cache_dir: str | Path) -> MiningInput:
+    """The pairs of an MsMarcoSource (ids or JSONL) from its Arrow tables, built once by the training reader."""
+    from embed_lm.data.tables import ensure_built
+
+    table = source.open(ensure_built(source, cache_dir))
+    if table.passages is not None:  # ids layout: collection and queries tables, examples of row numbers
+        rows = np.stack([table.column("query").to_numpy(), table.column("positive").to_numpy()], 1)  # (N, 2)
+        queries, passages = table.queries.data.column("text"), table.passages.data.column("text")
+        query_ids, passage_ids = table.queries.data.column("id"), table.passages.data.column("id")
+    else:  # JSONL (text layout): the distinct query and positive texts are the queries and the corpus
+        q, p = table.column("query"), table.column("positive")
+        queries, passages = pa.chunked_array([pc.unique(q)]), pa.chunked_array([pc.unique(p)])
+        rows = np.stack([pc.index_in(q, value_set=queries.chunk(0)).to_numpy(),
+                         pc.index_in(p, value_set=passages.chunk(0)).to_numpy()], 1).astype(np.int64)
+        query_ids = passage_ids = None
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return MiningInput(queries, passages, rows[np.sort(first)], query_ids, passage_ids)
+
+
+def text_hash(texts: list[str]) -> np.ndarray:
+    """(n,) int64: 64-bit hash of each text; equal texts, equal hashes."""
+    return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True)
+                     for t in texts], dtype=np.int64)
+
+
+class Embeddings:
+    """(n, D) rows written block by block to an Arrow IPC file and memory-mapped back: block(i) is a zero-copy view."""
+
+    def __init__(self, path: Path) -> None:
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        self.blocks = []
+        for i in range(reader.num_record_batches):
+            column = reader.get_batch(i).column(0)
+            self.blocks.append(column.values.to_numpy(zero_copy_only=True).reshape(len(column), -1))  # (b, D)
+        self.starts = np.cumsum([0] + [len(b) for b in self.blocks])  # (blocks + 1,)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) float32 copies of the given rows."""
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), self.blocks[0].shape[1]), np.float32)
+        for b in np.unique(which):
+            mask = which == b
+            out[mask] = self.blocks[b][rows[mask] - self.starts[b]]
+        return out
+
+
+def embed(texts: pa.ChunkedArray, rows: np.ndarray | None, encode: Callable[[list[str]], np.ndarray], path: Path,
+          dtype: str = "float16", hashes: list | None = None) -> Embeddings:
+    """Embed texts[rows] (every text when rows is None), BLOCK texts at a time, L2-normalised, into `path`."""
+    n = len(texts) if rows is None else len(rows)
+    writer = None
+    for start in range(0, n, BLOCK):
+        block = (texts.slice(start, BLOCK) if rows is None else texts.take(pa.array(rows[start:start + BLOCK])))
+        strings = block.to_pylist()  # only this block's texts become Python strings
+        if hashes is not None:
+            hashes.append(text_hash(strings))
+        emb = np.asarray(encode(strings), dtype=np.float32)  # (b, D)
+        emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(dtype).ravel()), emb.shape[1])
+        if writer is None:
+            writer = pa.ipc.new_file(str(path), pa.schema([("embedding", column.type)]))
+        writer.write_batch(pa.record_batch([column], names=["embedding"]))
+    writer.close()
+    return Embeddings(path)
+
+
+def search(queries: Embeddings, corpus: Embeddings, k: int, device: str = "cpu", query_block: int = 256,
+           corpus_block: int = 65536, use_faiss: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, K) scores and (Q, K) passage rows of each query's top-K by inner product, best first (-1: no hit).
+    The query embeddings and the running top-K sit on the device; the corpus passes through it once, in blocks."""
+    k = min(k, len(corpus))
+    if use_faiss:
+        return _search_faiss(queries, corpus, k, query_block)
+    q_all = torch.from_numpy(queries.take(np.arange(len(queries)))).to(device)  # (Q, D)
+    scores = torch.full((len(queries), k), -torch.inf, device=device)  # (Q, K)
+    hits = torch.full((len(queries), k), -1, dtype=torch.long, device=device)  # (Q, K)
+    for start in range(0, len(corpus), corpus_block):
+        c = torch.from_numpy(corpus.take(np.arange(start, min(start + corpus_block, len(corpus))))).to(device)
+        for s in range(0, len(queries), query_block):  # c: (Cb, D)
+            top = (q_all[s:s + query_block] @ c.T).topk(min(k, len(c)), dim=1)  # (qb, k')
+            merged_s = torch.cat([scores[s:s + query_block], top.values], 1)  # (qb, K + k')
+            merged_i = torch.cat([hits[s:s + query_block], top.indices + start], 1)  # (qb, K + k')
+            best = merged_s.topk(k, dim=1)  # (qb, K)
+            scores[s:s + query_block], hits[s:s + query_block] = best.values, merged_i.gather(1, best.indices)
+    return scores.cpu().numpy(), hits.cpu().numpy()
+
+
+def _search_faiss(queries: Embeddings, corpus: Embeddings, k: int, query_block: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import faiss
+    except ImportError:
+        raise UserError("use_faiss=true needs faiss: pip install faiss-cpu (or faiss-gpu); or use_faiss=false "
+                        "(exact search in blocks with torch)") from None
+    index = faiss.IndexFlatIP(corpus.blocks[0].shape[1])
+    for block in corpus.blocks:
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    scores, hits = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
+    for s in range(0, len(queries), query_block * 64):
+        rows = np.arange(s, min(s + query_block * 64, len(queries)))
+        scores[rows], hits[rows] = index.search(queries.take(rows), k)
+    return scores, hits
+
 
 @dataclass
 class Mined:
-    pairs: Pairs
-    triples: list[tuple[str, str, str]]  # (qid, positive pid, negative pid)
-    positive_scores: list[float]  # cos(query, positive), one per triple
-    negative_scores: list[float]  # cos(query, negative), one per triple
-    random_fill_scores: list[float]  # cos(query, another query's positive): what training fills in without mining
+    data: MiningInput
+    negatives: np.ndarray  # (N, num_negatives) passage rows, -1 where the window held too few
+    positive_scores: np.ndarray  # (N,) cos(query, positive)
+    negative_scores: np.ndarray  # (N, num_negatives) cos(query, negative), NaN where none
+    random_fill_scores: np.ndarray  # (N,) cos(query, another pair's positive): what training fills in otherwise
+
+
+def pair_scores(q_emb: Embeddings, p_emb: Embeddings, q_local: np.ndarray, p_rows: np.ndarray) -> np.ndarray:
+    """(N,) cos(query, passage) per pair, BLOCK pairs at a time."""
+    out = np.empty(len(q_local), np.float32)
+    for s in range(0, len(q_local), BLOCK):
+        out[s:s + BLOCK] = (q_emb.take(q_local[s:s + BLOCK]) * p_emb.take(p_rows[s:s + BLOCK])).sum(1)
+    return out
+
+
+def mine(data: MiningInput, model, window: MiningWindow, work_dir: Path, seed: int = 0, device: str = "cpu",
+         dtype: str = "float16", query_block: int = 256, corpus_block: int = 65536, use_faiss: bool = False) -> Mined:
+    """Embed, search, and pick each pair's negatives from its window; `model` has encode_query/encode_document
+    (a SentenceTransformer, or EmbedderModel over one of our embedders)."""
+    used_q, q_local = np.unique(data.rows[:, 0], return_inverse=True)  # (Q,), (N,)
+    hashes: list[np.ndarray] = []
+    log.info("mining: embedding %d queries and %d passages", len(used_q), len(data.passages))
+    q_emb = embed(data.queries, used_q, model.encode_query, work_dir / "queries.arrow", dtype)
+    p_emb = embed(data.passages, None, model.encode_document, work_dir / "passages.arrow", dtype, hashes)
+    text_hashes = np.concatenate(hashes)  # (C,)
+    order = np.argsort(q_local, kind="stable")  # pairs grouped by query
+    bounds = np.searchsorted(q_local[order], np.arange(len(used_q) + 1))  # (Q + 1,)
+    most = int(np.diff(bounds).max())
+    log.info("mining: searching the top %d of %d passages for %d queries", window.range_max + most,
+             len(data.passages), len(used_q))
+    scores, hits = search(q_emb, p_emb, window.range_max + most, device, query_block, corpus_block,
+                         use_faiss)  # (Q, K)
+    positive = pair_scores(q_emb, p_emb, q_local, data.rows[:, 1])  # (N,)
+    limit = window.bound(positive)  # (N,)
+    rng = np.random.default_rng(seed)
+    picks = np.full((len(data.rows), window.num_negatives), -1, np.int64)  # (N, num_negatives)
+    picked_scores = np.full(picks.shape, np.nan, np.float32)
+    for qi in range(len(used_q)):
+        pairs = order[bounds[qi]:bounds[qi + 1]]
+        own = data.rows[pairs, 1]  # this query's positives
+        row_hits, row_scores = hits[qi], scores[qi]
+        ok = (row_hits >= 0) & ~np.isin(row_hits, own)
+        ok[ok] &= ~np.isin(text_hashes[row_hits[ok]], text_hashes[own])
+        for n in pairs:
+            keep = np.flatnonzero(ok & (row_scores <= limit[n]))[window.range_min:window.range_max]
+            take = min(window.num_negatives, len(keep))
+            chosen = keep[:take] if window.sampling_strategy == "top" else rng.choice(keep, take, replace=False)
+            picks[n, :take], picked_scores[n, :take] = row_hits[chosen], row_scores[chosen]
+    found = int((picks >= 0).sum())
+    if found < picks.size:
+        log.warning("mining: %d of %d negatives not found in the window (ranks %d-%d after the margin); those pairs "
+                    "keep fewer", picks.size - found, picks.size, window.range_min, window.range_max)
+    n = len(data.rows)
+    other = (np.arange(n) + 1 + np.random.default_rng(seed + 1).integers(0, max(n - 1, 1), n)) % n if n > 1 else (
+        np.zeros(0, np.int64))
+    fill = pair_scores(q_emb, p_emb, q_local[:len(other)], data.rows[other, 1]) if n > 1 else np.zeros(0)
+    return Mined(data, picks, positive, picked_scores, fill)
+
+
+def write_output(mined: Mined, path: Path) -> int:
+    """Write .tsv id triples (qid, positive pid, negative pid) or .jsonl (query, positive, negatives: pairs without
+    one stay, training fills them) through a temporary file renamed at the end; returns the lines written. No
+    triple found for a .tsv: refused, nothing written (a 0-byte file would read as an empty training set)."""
+    data, picks = mined.data, mined.negatives
+    if path.suffix == ".tsv" and not (picks >= 0).any():
+        raise UserError(f"no negative was found in any pair's window: {path} is not written. Widen the window "
+                        "(window.range_min lower, window.range_max higher), lower the margin, or write .jsonl "
+                        "(pairs kept, training fills the negatives)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for s in range(0, len(data.rows), BLOCK):
+                rows, negs = data.rows[s:s + BLOCK], picks[s:s + BLOCK]  # (b, 2), (b, num_negatives)
+                if path.suffix == ".tsv":
+                    qids = data.query_ids.take(pa.array(rows[:, 0])).to_pylist()
+                    pids = data.passage_ids.take(pa.array(rows[:, 1])).to_pylist()
+                    nids = data.passage_ids.take(pa.array(np.where(negs >= 0, negs, 0).ravel())).to_pylist()
+                    width = negs.shape[1]
+                    for i, (q, p) in enumerate(zip(qids, pids)):
+                        for j in np.flatnonzero(negs[i] >= 0):
+                            f.write(f"{q}\t{p}\t{nids[i * width + j]}\n")
+                            lines += 1
+                    continue
+                queries = data.queries.take(pa.array(rows[:, 0])).to_pylist()
+                positives = data.passages.take(pa.array(rows[:, 1])).to_pylist()
+                for i, (q, p) in enumerate(zip(queries, positives)):
+                    mined_rows = negs[i][negs[i] >= 0]
+                    row = {"query": q, "positive": p}
+                    if len(mined_rows):
+                        row["negatives"] = data.passages.take(pa.array(mined_rows)).to_pylist()
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    lines += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return lines
 
 
 class EmbedderModel:
-    """The part of the SentenceTransformer interface that `util.mine_hard_negatives` calls, over an Embedder:
-    queries carry the run's instruction for `task`, documents none. Keeps the last embeddings per text."""
+    """encode_query / encode_document (the SentenceTransformer calls mining makes) over one of our Embedders:
+    queries carry the instruction for `task`, documents none. Returns (b, D) float32 arrays."""
 
-    def __init__(self, embedder: Embedder, task: str, kind: str = "short-long", batch_size: int = 64) -> None:
+    def __init__(self, embedder, task: str, kind: str = "short-long", batch_size: int = 64) -> None:
         self.embedder, self.task, self.kind, self.batch_size = embedder, task, kind, batch_size
-        self.device = torch.device("cpu")
-        self.cache: dict[str, Tensor] = {}
-
-    def _keep(self, texts: list[str], emb: Tensor) -> np.ndarray:
-        self.cache.update(zip(texts, emb))
-        return emb.numpy()
 
     def encode_query(self, texts: list[str], **_: object) -> np.ndarray:
-        return self._keep(texts, self.embedder.encode_queries(texts, self.task, self.kind,
-                                                              batch_size=self.batch_size))  # (Q, D)
+        emb = self.embedder.encode_queries(texts, self.task, self.kind, batch_size=self.batch_size)  # (b, D)
+        return emb.float().numpy()
 
     def encode_document(self, texts: list[str], **_: object) -> np.ndarray:
-        return self._keep(texts, self.embedder.encode_documents(texts, batch_size=self.batch_size))  # (C, D)
-
-    def similarity(self, a, b) -> Tensor:
-        a, b = torch.as_tensor(a), torch.as_tensor(b)
-        return a @ b.T  # (Q, C) cosine: both L2-normalised
-
-    def similarity_pairwise(self, a, b) -> Tensor:
-        return (torch.as_tensor(a) * torch.as_tensor(b)).sum(-1)  # (Q,)
-
-    def get_embedding_dimension(self) -> int:
-        return next(iter(self.cache.values())).shape[-1]
-
-
-def read_msmarco_ids(collection: str, queries: str, qrels: str | None = None, triples: str | None = None,
-                     option: str = "mine.input") -> Pairs:
-    """MS-MARCO ids: positives from qrels (qid, 0, pid, rel>0) or from id triples (qid, pos, neg)."""
-    if not (qrels or triples):
-        raise ValueError(f"{option}: set `qrels` or `triples` next to `collection` and `queries`")
-    skips = SkipCounter(skip_invalid=False)
-    rows: list[tuple[str, str]] = []
-    given: dict[str, list[str]] = {}
-    if triples:
-        for _, (qid, pos, neg, *_) in read_tsv(expand_paths(triples, f"{option}.triples")[0], 3, skips):
-            rows.append((qid, pos))
-            given.setdefault(qid, []).append(neg)
-    else:
-        for _, (qid, _, pid, rel, *_) in read_tsv(expand_paths(qrels, f"{option}.qrels")[0], 4, skips):
-            if rel.strip() not in ("", "0"):
-                rows.append((qid, pid))
-    rows = list(dict.fromkeys(rows))
-    q_path, c_path = expand_paths(queries, f"{option}.queries")[0], expand_paths(collection, f"{option}.collection")[0]
-    query_text = {qid: text for _, (qid, text, *_) in read_tsv(q_path, 2, skips)}
-    corpus = {pid: text for _, (pid, text, *_) in read_tsv(c_path, 2, skips)}
-    for qid, pid in rows:
-        if qid not in query_text:
-            raise DataFormatError(q_path, None, "query id", f"{qid!r} (a training pair's query) not found")
-        if pid not in corpus:
-            raise DataFormatError(c_path, None, "passage id", f"{pid!r} (a training pair's positive) not found")
-    wanted = {q for q, _ in rows}
-    return Pairs({q: t for q, t in query_text.items() if q in wanted}, corpus, rows, given)
-
-
-def _texts(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, required: bool) -> list[str]:
-    key = next((k for k in keys if k in obj), None)
-    if key is None:
-        if required:
-            raise DataFormatError(path, lineno, keys[0], f"missing (one of {', '.join(keys)})")
-        return []
-    values = [obj[key]] if isinstance(obj[key], str) else obj[key]
-    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
-        raise DataFormatError(path, lineno, key, "must be a non-empty string or a list of them")
-    return values
-
-
-def read_jsonl_pairs(paths: str | list[str], option: str = "mine.input.jsonl") -> Pairs:
-    """Our JSONL (`query`, `positive`/`positives`/`pos`, optional `negative(s)`): each distinct text gets an id."""
-    queries: dict[str, str] = {}
-    corpus: dict[str, str] = {}
-    ids: dict[str, str] = {}
-    rows, given = [], {}
-    skips = SkipCounter(skip_invalid=False)
-
-    def doc_id(text: str) -> str:
-        if text not in ids:
-            ids[text] = f"d{len(ids)}"
-            corpus[ids[text]] = text
-        return ids[text]
-
-    for path in expand_paths(paths, option):
-        for lineno, obj in read_jsonl(path, skips):
-            query = text_field(obj, "query", path, lineno)
-            qid = f"q{len(queries)}"
-            queries[qid] = query
-            for positive in _texts(obj, ("positive", "positives", "pos"), path, lineno, required=True):
-                rows.append((qid, doc_id(positive)))
-            given[qid] = [doc_id(n) for n in _texts(obj, ("negative", "negatives", "neg"), path, lineno, False)]
-    return Pairs(queries, corpus, rows, given)
-
-
-def mine(pairs: Pairs, model, window: MiningWindow, seed: int = 0, use_faiss: bool = False) -> Mined:
-    """Mine `window.num_negatives` negatives per (query, positive) with sentence-transformers' miner; `model` is a
-    SentenceTransformer or an EmbedderModel. Rows whose window holds too few candidates get fewer (logged)."""
-    from datasets import Dataset
-    from sentence_transformers.util import mine_hard_negatives
-
-    random.seed(seed)  # the miner samples its window with `random`
-    torch.manual_seed(seed)
-    anchors = [pairs.queries[q] for q, _ in pairs.rows]
-    positives = [pairs.corpus[p] for _, p in pairs.rows]
-    out = mine_hard_negatives(
-        Dataset.from_dict({"anchor": anchors, "positive": positives}), model, corpus=list(pairs.corpus.values()),
-        range_min=window.range_min, range_max=window.range_max, num_negatives=window.num_negatives,
-        absolute_margin=window.absolute_margin, relative_margin=window.relative_margin,
-        sampling_strategy=window.sampling_strategy, output_format="triplet", output_scores=True,
-        use_faiss=use_faiss, verbose=False)
-    qid_of = {}
-    for qid, _ in pairs.rows:
-        qid_of.setdefault(pairs.queries[qid], qid)
-    pid_of = {}
-    for pid, text in pairs.corpus.items():
-        pid_of.setdefault(text, pid)
-    triples, pos_scores, neg_scores = [], [], []
-    for row in out:
-        triples.append((qid_of[row["anchor"]], pid_of[row["positive"]], pid_of[row["negative"]]))
-        pos_scores.append(row["scores"][0])
-        neg_scores.append(row["scores"][1])
-    short = len(pairs.rows) * window.num_negatives - len(triples)
-    if short:
-        log.warning("mining: %d of %d negatives not found in the window (ranks %d-%d after the margin); rows keep "
-                    "fewer", short, len(pairs.rows) * window.num_negatives, window.range_min, window.range_max)
-    return Mined(pairs, triples, pos_scores, neg_scores, random_fill_scores(pairs, model, seed))
-
-
-def random_fill_scores(pairs: Pairs, model, seed: int) -> list[float]:
-    """cos(query, a random other row's positive) per row: the negatives training uses when none are given
-    (datamodule.fix_negative_count). Reuses the miner's embeddings when `model` kept them."""
-    rng = random.Random(seed)
-    n = len(pairs.rows)
-    others = [pairs.rows[(i + 1 + rng.randrange(n - 1)) % n][1] for i in range(n)] if n > 1 else []
-    cache = getattr(model, "cache", {})
-    query_texts = [pairs.queries[q] for q, _ in pairs.rows[: len(others)]]
-    doc_texts = [pairs.corpus[p] for p in others]
-    if all(t in cache for t in query_texts + doc_texts):
-        q = torch.stack([cache[t] for t in query_texts])  # (n, D)
-        d = torch.stack([cache[t] for t in doc_texts])  # (n, D)
-    else:
-        q = torch.as_tensor(model.encode_query(query_texts, normalize_embeddings=True))
-        d = torch.as_tensor(model.encode_document(doc_texts, normalize_embeddings=True))
-    return (q * d).sum(-1).tolist()
-
-
-def write_msmarco_triples(mined: Mined, path: str | Path) -> None:
-    """qid, positive pid, negative pid: MsMarcoSource's `triples` (with the input's collection and queries)."""
-    without = len({*mined.pairs.rows} - {(q, p) for q, p, _ in mined.triples})
-    if without:
-        log.warning("%d pairs got no negative in the window and are not in %s (write .jsonl to keep them; training "
-                    "then fills their negatives)", without, path)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{q}\t{p}\t{n}\n" for q, p, n in mined.triples))
-
-
-def write_jsonl(mined: Mined, path: str | Path) -> None:
-    """One line per (query, positive): `query`, `positive`, `negatives` (MsMarcoSource's `jsonl`)."""
-    grouped: dict[tuple[str, str], list[str]] = {(q, p): [] for q, p in mined.pairs.rows}
-    for q, p, n in mined.triples:
-        grouped.setdefault((q, p), []).append(n)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    corpus, queries = mined.pairs.corpus, mined.pairs.queries
-    with path.open("w") as f:
-        for (q, p), negs in grouped.items():
-            row = {"query": queries[q], "positive": corpus[p]} | ({"negatives": [corpus[n] for n in negs]} if negs else {})
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")  # no negatives found: training fills them
+        return self.embedder.encode_documents(texts, batch_size=self.batch_size).float().numpy()  # (b, D)
