@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install demo test train-tiny passkey sweep-table4 table4-report bench gpu-check clean
+.PHONY: help install demo test test-fast train-tiny passkey sweep-table4 table4-report bench gpu-check clean
 PROFILE ?= paper
 SWEEP_DIR ?= sweeps/table4/$(PROFILE)
 ROWS_paper := glob(*,exclude=tiny_default)# tiny_default: the CPU profile's reference for its tiny llama2 row
@@ -26,8 +26,11 @@ install: $(BIN)/.installed ## create .venv and install embed_lm + DeepSpeed (tor
 demo: install ## LoRA-tune all-MiniLM-L6-v2 on the bundled sample (CPU, offline); held-out retrieval before/after
 	$(BIN)/python -m embed_lm.train experiment=demo
 
-test: install ## run the test suite (CPU, offline)
+test: install ## run the test suite (CPU, offline; what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: install ## the quick inner loop: unit tests only, no training runs (tests/conftest.py: FAST_MODULES)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 train-tiny: install ## a few steps on the tiny random-init Mistral (smoke run)
 	$(BIN)/python -m embed_lm.train backbone=tiny_mistral data=sample debug=smoke

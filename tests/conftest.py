@@ -77,3 +77,27 @@ def tiny_run(tmp_path_factory) -> Path:
     train(compose_train(["backbone=tiny_mistral", "data=sample", "debug=smoke", "logger=none",
                          "trainer.max_steps=2", "test_after_training=false"], run))
     return run
+
+
+# `make test-fast` (pytest -m "not slow"): the unit tests of these modules, under 90 s on 2 cores; every other module
+# (training runs, several processes, the demo, sweeps) and every test marked slow runs in `make test` only. A new
+# module starts in the full tier; add it here when its tests take a second or two.
+FAST_MODULES = {
+    "test_backbone", "test_collator", "test_config", "test_data_readers", "test_dependencies", "test_docs_commands",
+    "test_eval_batches", "test_infonce", "test_instructions", "test_length_batching", "test_passkey_generate",
+    "test_passkey_variants", "test_plan", "test_plan_strategies", "test_pooling", "test_retrieval_metrics",
+    "test_sampler", "test_synth_parsing", "test_synth_prompts",
+}
+SLOW_IN_FAST_MODULES = (  # module::test-name prefixes that train or start a process: over a few seconds each
+    "test_config::test_cli_", "test_eval_batches::test_length_aware_eval_batches",
+    "test_length_batching::test_training_logs", "test_length_batching::test_packing_gives",
+    "test_length_batching::test_micro_batches_give", "test_passkey_variants::test_the_4k_window",
+    "test_collator::test_encoder_output_does_not_depend",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in FAST_MODULES or f"{module}::{item.name}".startswith(SLOW_IN_FAST_MODULES):
+            item.add_marker(pytest.mark.slow)
