@@ -30,6 +30,7 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from embed_lm.errors import FileConflictError, MissingFileError
 from embed_lm.inference.cli import UsageError, check_at_least, parse_args, run_main
 from embed_lm.data.records import DataFormatError, SkipCounter, open_text, read_jsonl, text_field
 from embed_lm.inference.embedder import Embedder
@@ -41,7 +42,7 @@ log = logging.getLogger("embed_lm.encode")
 def read_texts(path: Path, field: str = "text") -> Iterator[str]:
     """Texts of a JSONL file (one object per line, `field` a non-empty string) or of a one-text-per-line file."""
     if not path.is_file():
-        raise FileNotFoundError(f"--input {path}: no such file")
+        raise MissingFileError(f"--input {path}: no such file")
     if ".jsonl" in path.suffixes or ".json" in path.suffixes:
         for lineno, obj in read_jsonl(path, SkipCounter(skip_invalid=False)):
             yield text_field(obj, field, path, lineno)
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_at_least(batch_size=(args.batch_size, 1), max_tokens=(args.max_tokens, 1), max_length=(args.max_length, 2),
                    chunk_size=(args.chunk_size, 1))
     if args.output.exists() and not args.force:
-        raise FileExistsError(f"--output {args.output} exists; pass --force to overwrite it")
+        raise FileConflictError(f"--output {args.output} exists; pass --force to overwrite it")
     if args.as_ == "document" and args.task is not None:
         log.warning("--task is ignored for --as document (documents get no instruction)")
     n = count_texts(args.input, args.field)  # a bad line fails here, before the model loads

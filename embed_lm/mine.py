@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import logging
 import statistics
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from embed_lm.errors import ConfigError, exit_on_user_error
 from embed_lm.config import resolvers as conf_resolvers
 from embed_lm.inference.mining import (EmbedderModel, MiningWindow, mine, read_jsonl_pairs, read_msmarco_ids,
                                   write_jsonl, write_msmarco_triples)
-from embed_lm.data.records import DataFormatError
 from embed_lm.model.distributed import resolve_device
 
 log = logging.getLogger("embed_lm.mine")
@@ -57,7 +56,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pairs = (read_jsonl_pairs(inp.jsonl) if inp.jsonl else
              read_msmarco_ids(inp.collection, inp.queries, inp.qrels, inp.triples))
     if output.suffix == ".tsv" and inp.jsonl:
-        raise ValueError(f"output={output}: id triples need ids input (input.collection/queries/qrels); "
+        raise ConfigError(f"output={output}: id triples need ids input (input.collection/queries/qrels); "
                          "write .jsonl for JSONL input")
     log.info("%d pairs, %d queries, %d corpus passages", len(pairs.rows), len(pairs.queries), len(pairs.corpus))
     mined = mine(pairs, build_model(cfg), MiningWindow(**cfg.window), cfg.seed, cfg.use_faiss)
@@ -76,11 +75,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="mine")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (DataFormatError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(run, cfg)  # a UserError: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from embed_lm.errors import exit_on_user_error
 from embed_lm.table4.report import table4
 
 
@@ -38,14 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     rs.add_argument("run_dirs", type=Path, nargs="+", help="run folders (or their csv/metrics.csv)")
     rs.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write (default: runs.png)")
     args = parser.parse_args(argv)
-    try:
-        if args.report == "runs":
-            runs(args.run_dirs, args.out)
-        else:
-            table4(args.sweep, use_wandb=not args.no_wandb, released=args.released)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if args.report == "runs":
+        exit_on_user_error(runs, args.run_dirs, args.out)  # a UserError: one line, exit 2
+    else:
+        exit_on_user_error(table4, args.sweep, use_wandb=not args.no_wandb, released=args.released)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm.config import resolvers as conf_resolvers, validate
-from embed_lm.data.records import DataFormatError
-from embed_lm.errors import ResumeMismatchError, UserError, exit_on_user_error
-from embed_lm.model.backbone import BackboneNotFoundError, LoadedBackbone, add_lora, count_trainable, full_finetune
+from embed_lm.errors import ResumeMismatchError, exit_on_user_error
+from embed_lm.model.backbone import LoadedBackbone, add_lora, count_trainable, full_finetune
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder
 from embed_lm.training import run_record
@@ -46,13 +45,12 @@ from embed_lm.training.curves import write_run_curves
 from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
 from embed_lm.training.module import ContrastiveEncoderModule
 from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
-from embed_lm.training.strategies import IncompatibleSetupError, check_setup
+from embed_lm.training.strategies import check_setup
 
 log = logging.getLogger("embed_lm.train")
 conf_resolvers.register()
 warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-USER_ERRORS = (UserError, BackboneNotFoundError, DataFormatError, FileNotFoundError, IncompatibleSetupError)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -225,8 +223,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """train(cfg); a user error is printed as one line (no traceback) with exit status 2."""
-    metrics = exit_on_user_error(train, cfg, errors=USER_ERRORS, env=("HYDRA_FULL_ERROR", "EMBED_LM_TRACEBACK"))
+    """train(cfg); a user error (embed_lm.errors.UserError) is printed as one line with exit status 2."""
+    metrics = exit_on_user_error(train, cfg)
     return metrics.get("test/ndcg@10")
 
 

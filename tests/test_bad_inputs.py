@@ -32,12 +32,14 @@ TINY = ["backbone=tiny_mistral", "data=sample", "debug=smoke", "logger=none", "t
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
-def expect_exit(capsys, fn, *args, errors=(UserError,)) -> str:
+def expect_exit(capsys, fn, *args) -> str:
     """Run fn(*args) as an entry point does; assert exit status 2 and return the one-line message."""
     with pytest.raises(SystemExit) as exit_info:
-        exit_on_user_error(fn, *args, errors=errors)
+        exit_on_user_error(fn, *args)
     assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def assert_words(message: str, words: tuple[str, ...]) -> None:
@@ -96,7 +98,7 @@ TRAIN_CASES = [
 @pytest.mark.parametrize("overrides,words", TRAIN_CASES, ids=lambda x: " ".join(x) if isinstance(x, list) else "")
 def test_train_option_mistakes_exit_2_naming_the_option(overrides, words, tmp_path, capsys):
     cfg = compose_train([*TINY, *overrides], tmp_path / "run")
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS), words)
+    assert_words(expect_exit(capsys, train_entry.train, cfg), words)
     assert not (tmp_path / "run").exists()  # refused before anything was written (or loaded)
 
 
@@ -105,7 +107,7 @@ def test_model_folder_without_tokenizer_is_named_before_weights_load(tmp_path, c
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "mistral"}')
     cfg = compose_train([*TINY, "backbone=mistral", f"backbone.model_name_or_path={model}"], tmp_path / "run")
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+    assert_words(expect_exit(capsys, train_entry.train, cfg),
                  (str(model), "holds no tokenizer", "tokenizer.json"))
 
 
@@ -116,7 +118,7 @@ def test_unreadable_data_file_is_named(tmp_path, capsys):
     data.write_text("1\tpassage\n")
     data.chmod(0)
     cfg = compose_train([*TINY, f"data.sources.msmarco.collection={data}"], tmp_path / "run")
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS), (str(data), "readable"))
+    assert_words(expect_exit(capsys, train_entry.train, cfg), (str(data), "readable"))
 
 
 # --- data files: readers that already name file:line (the `data` branch adds more) --------------------------------
@@ -179,7 +181,7 @@ READER_CASES = [
 @pytest.mark.parametrize("name,make,words", READER_CASES, ids=[c[0] for c in READER_CASES])
 def test_bad_data_lines_name_file_and_line(name, make, words, tmp_path, capsys):
     load, path = make(tmp_path)
-    message = expect_exit(capsys, load, errors=train_entry.USER_ERRORS)
+    message = expect_exit(capsys, load)
     assert_words(message, (str(path), *words))
 
 
@@ -197,14 +199,14 @@ def evaluate_cfg(tmp_path, *overrides):
 ], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
 def test_evaluate_option_mistakes_exit_2(overrides, words, tmp_path, capsys):
     cfg = evaluate_cfg(tmp_path, *overrides)
-    assert_words(expect_exit(capsys, evaluate_entry.evaluate, cfg, errors=evaluate_entry.USER_ERRORS), words)
+    assert_words(expect_exit(capsys, evaluate_entry.evaluate, cfg), words)
 
 
 def test_evaluate_names_file_and_line_of_a_bad_qrels_score_before_the_model_loads(tmp_path, capsys, monkeypatch):
     beir_split(tmp_path, ["q1\td1\t1", "q1\td1\t1.5"])
     monkeypatch.setattr(evaluate_entry, "load_run", lambda *a, **k: pytest.fail("the model loaded"))
     cfg = evaluate_cfg(tmp_path, "eval=beir", f"eval.path={tmp_path}", "eval.instruction=x", "run=/any")
-    message = expect_exit(capsys, evaluate_entry.evaluate, cfg, errors=evaluate_entry.USER_ERRORS)
+    message = expect_exit(capsys, evaluate_entry.evaluate, cfg)
     assert_words(message, (f"{tmp_path / 'qrels' / 'test.tsv'}:3", "'1.5'"))
 
 
@@ -215,7 +217,7 @@ def test_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluate_entry, "build_tasks", bug)
     with pytest.raises(ValueError, match="a bug deep inside"):
-        exit_on_user_error(evaluate_entry.evaluate, evaluate_cfg(tmp_path), errors=evaluate_entry.USER_ERRORS)
+        exit_on_user_error(evaluate_entry.evaluate, evaluate_cfg(tmp_path))
 
 
 # --- encode / export command lines ------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ def test_pickled_checkpoint_payload_never_runs(run_copy, tmp_path, capsys):
     message = expect_exit(capsys, load_run, evil)  # what encode / evaluate / export / passkey call
     assert_words(message, (str(evil), "refused", "shutil.copy"))
     cfg = compose_train([*TINY, f"ckpt_path={evil}"], tmp_path / "resumed")  # resuming training from it
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS), (str(evil), "refused"))
+    assert_words(expect_exit(capsys, train_entry.train, cfg), (str(evil), "refused"))
     assert not marker.exists()
     torch.load(evil, weights_only=False)  # the payload is real: an unrestricted unpickler runs it
     assert marker.exists()
@@ -369,7 +371,7 @@ def test_checkpoint_records_its_resolved_config(tiny_run):
 def test_resume_with_a_changed_config_is_refused_with_a_diff(change, words, tiny_run, tmp_path, capsys):
     cfg = compose_train([*TINY, "trainer.max_steps=2", *change, f"ckpt_path={tiny_run}/checkpoints/last.ckpt"],
                         tmp_path / "resumed")
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+    assert_words(expect_exit(capsys, train_entry.train, cfg),
                  ("was trained with another config", *words))
 
 
@@ -391,7 +393,7 @@ def test_allowed_change_passes_the_check(tiny_run, tmp_path, monkeypatch):
 def test_rerunning_a_finished_folder_with_another_config_is_refused_not_relabelled(run_copy, capsys):
     before = {p: (run_copy / p).read_bytes() for p in ("done.json", "embedder/config.yaml")}
     cfg = compose_train([*TINY, "trainer.max_steps=2", "pooling=mean"], run_copy)
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+    assert_words(expect_exit(capsys, train_entry.train, cfg),
                  (f"run folder {run_copy}", "pooling.name: 'last_token' -> 'mean'"))
     assert {p: (run_copy / p).read_bytes() for p in before} == before
 
@@ -401,7 +403,7 @@ def test_a_finished_folder_whose_record_predates_configs_is_not_relabelled(run_c
     (run_copy / "done.json").write_text(json.dumps({k: v for k, v in record.items() if k != "config"}))
     before = (run_copy / "done.json").read_bytes()
     cfg = compose_train([*TINY, "trainer.max_steps=2", "pooling=mean"], run_copy)
-    assert_words(expect_exit(capsys, train_entry.train, cfg, errors=train_entry.USER_ERRORS),
+    assert_words(expect_exit(capsys, train_entry.train, cfg),
                  (f"run folder {run_copy}", "another config", "another folder"))
     assert (run_copy / "done.json").read_bytes() == before
 

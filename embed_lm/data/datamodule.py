@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from embed_lm.errors import ConfigError
 from embed_lm.model.length_batching import length_batches
 from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
@@ -189,9 +190,9 @@ class ContrastiveDataModule(L.LightningDataModule):
                  eval_max_tokens: int | None = None) -> None:
         super().__init__()
         if not any(s is not None for s in (sources or {}).values()):
-            raise ValueError("data.sources is empty: configure at least one training source")
+            raise ConfigError("data.sources is empty: configure at least one training source")
         if not isinstance(negatives_per_query, int) or negatives_per_query < 0:
-            raise ValueError(f"data.negatives_per_query must be an integer >= 0, got {negatives_per_query!r}")
+            raise ConfigError(f"data.negatives_per_query must be an integer >= 0, got {negatives_per_query!r}")
         # a config may switch a source off with null (data=full replaces msmarco by msmarco_passage: issue 12 item 5)
         sources = {k: v for k, v in sources.items() if v is not None}
         self.name, self.sources, self.collator, self.style = name, sources, collator, instruction_style
@@ -232,7 +233,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         for name, source in self.sources.items():
             table = self._table(source)  # built already unless prepare_data was skipped
             if len(table) == 0:
-                raise ValueError(f"data source '{name}' produced no training examples")
+                raise ConfigError(f"data source '{name}' produced no training examples")
             split = source.parts(table) if hasattr(source, "parts") else [(name, None, 1.0)]
             ratio = source.ratio if source.ratio is not None else float(len(table))
             total = sum(w for _, _, w in split)

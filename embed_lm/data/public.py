@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from embed_lm.errors import ConfigError, MissingFileError
 from embed_lm.data.records import SkipCounter
 from embed_lm.data.tables import RowSource
 from embed_lm.model.instructions import check_task_kind
@@ -91,13 +92,13 @@ def load_table(dataset: str | None, config: str | None, split: str, local: str |
     if local:
         path = Path(local).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{option}.local: {path} does not exist")
+            raise MissingFileError(f"{option}.local: {path} does not exist")
         if path.is_dir():
             return datasets.load_dataset(str(path), config, split=split)
         ext = Path(path.name.removesuffix(".gz")).suffix
         builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}.get(ext)
         if builder is None:
-            raise ValueError(f"{option}.local: {path}: expected .jsonl/.json(.gz), .parquet, .csv or .tsv")
+            raise ConfigError(f"{option}.local: {path}: expected .jsonl/.json(.gz), .parquet, .csv or .tsv")
         kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     return datasets.load_dataset(dataset, config, split=split)
@@ -111,9 +112,9 @@ class PublicSource(RowSource):
                  qrels_dataset: str | None = None, columns: dict[str, str] | None = None,
                  task_kind: str = "short-long", max_examples: int | None = None, ratio: float | None = None) -> None:
         if mapping not in MAPPINGS:
-            raise ValueError(f"data.sources.{name}.mapping: unknown mapping {mapping!r}; one of {', '.join(MAPPINGS)}")
+            raise ConfigError(f"data.sources.{name}.mapping: unknown mapping {mapping!r}; one of {', '.join(MAPPINGS)}")
         if dataset is None and local is None:
-            raise ValueError(f"data.sources.{name}: set `dataset` (a hub id) or `local` (a path to a copy)")
+            raise ConfigError(f"data.sources.{name}: set `dataset` (a hub id) or `local` (a path to a copy)")
         self.name, self.mapping, self.dataset, self.configs = name, mapping, dataset, list(configs or [None])
         self.task = task if isinstance(task, str) else list(task)
         self.split, self.local, self.qrels_dataset = split, local, qrels_dataset
@@ -128,7 +129,7 @@ class PublicSource(RowSource):
         """Fail at once if the set cannot be read: a missing local path, or, offline, a hub set not cached."""
         if self.local is not None:
             if not Path(self.local).expanduser().exists():
-                raise FileNotFoundError(f"{self.option}.local: {self.local} does not exist")
+                raise MissingFileError(f"{self.option}.local: {self.local} does not exist")
             return
         if not offline():
             return
@@ -139,7 +140,7 @@ class PublicSource(RowSource):
             try:
                 datasets.load_dataset_builder(dataset, config)
             except (ConnectionError, FileNotFoundError, ValueError) as e:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{self.option}: dataset '{dataset}'{f' (config {config})' if config else ''} is not in the "
                     f"local datasets cache and HF_HUB_OFFLINE=1 ({type(e).__name__}). Download it where the hub is "
                     f"reachable, or point at a local copy: {self.option}.local=/path/to/{self.name} "

@@ -10,18 +10,13 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from embed_lm.errors import UserError, exit_on_user_error
-from embed_lm.model.backbone import BackboneNotFoundError
-from embed_lm.data.records import DataFormatError
-from embed_lm.inference.runs import RunNotFoundError
+from embed_lm.errors import ConfigError, exit_on_user_error
 
 
-class UsageError(UserError, ValueError):
+class UsageError(ConfigError):
     """A bad combination of options; the message says which option to change."""
 
 
-USER_ERRORS = (UserError, RunNotFoundError, BackboneNotFoundError, DataFormatError, FileNotFoundError,
-               FileExistsError)
 KEY_VALUE = re.compile(r"^([A-Za-z][\w-]*)=(.*)$", re.S)
 
 
@@ -42,9 +37,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return parser.parse_args(out)
 
 
-def run_main(main: Callable[[], None], extra_errors: tuple[type[BaseException], ...] = ()) -> None:
-    """Call main(); print a user error as `error: ...` and exit 2."""
-    exit_on_user_error(main, errors=USER_ERRORS + extra_errors)
+def run_main(main: Callable[[], None]) -> None:
+    """Call main(); print a user error (embed_lm.errors.UserError) as `error: ...` and exit 2."""
+    exit_on_user_error(main)
 
 
 def check_at_least(**values: tuple[int | None, int]) -> None:

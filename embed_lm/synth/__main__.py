@@ -24,13 +24,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from embed_lm.errors import TRACEBACK_ENV, USER_ERROR_EXIT, UserError, one_line
 from embed_lm.synth.generators import GeneratorError
 from embed_lm.synth.pipeline import Plan, SynthError, dry_run, run
-from embed_lm.synth.store import StoreError
 from embed_lm.synth.summary import format_summary
 
 log = logging.getLogger("embed_lm.synth")
-USER_ERRORS = (GeneratorError, SynthError, StoreError, ValueError)
 
 
 def synth(cfg: DictConfig) -> dict | None:
@@ -74,13 +73,13 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         synth(cfg)
-    except USER_ERRORS as e:  # a message the user can act on; HYDRA_FULL_ERROR=1 shows the traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except UserError as e:  # one line; EMBED_LM_TRACEBACK=1 / HYDRA_FULL_ERROR=1 show the traceback
+        if any(os.environ.get(name) == "1" for name in TRACEBACK_ENV):
             raise
         if getattr(e, "summary", None):  # the run stopped or nothing succeeded: what was done and what failed
             print(f"\n{format_summary(e.summary)}")
-        print(f"error: {e}", file=sys.stderr)
-        leave(1 if getattr(e, "summary", None) else 2)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        leave(1 if getattr(e, "summary", None) else USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to resume into {cfg.out}", file=sys.stderr)
         leave(130)

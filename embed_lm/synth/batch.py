@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from embed_lm.errors import ConfigError
 from embed_lm.synth.generators import Completion, api_key, check_structured_output
 from embed_lm.synth.prompts import Request
 from embed_lm.synth.schemas import response_format
@@ -84,7 +85,7 @@ class OpenAIBatchGenerator:
         import openai
 
         if not 1 <= max_requests_per_batch <= 50_000:
-            raise ValueError("generator.max_requests_per_batch must be in 1..50000 (the Batch API's limit), got "
+            raise ConfigError("generator.max_requests_per_batch must be in 1..50000 (the Batch API's limit), got "
                              f"{max_requests_per_batch}")
         self.client = openai.OpenAI(api_key=api_key(api_key_env, "openai_batch"), base_url=base_url,
                                     max_retries=max_retries, timeout=timeout)
