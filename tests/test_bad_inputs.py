@@ -8,7 +8,9 @@ in-process; three run as subprocesses to prove the command line's exit status an
 """
 
 import json
+import logging
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -111,14 +113,21 @@ def test_model_folder_without_tokenizer_is_named_before_weights_load(tmp_path, c
                  (str(model), "holds no tokenizer", "tokenizer.json"))
 
 
-def test_unreadable_data_file_is_named(tmp_path, capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_a_data_path_that_cannot_be_a_file_is_named(where, tmp_path, capsys):
+    """Works as root too (root reads every file, so a chmod 0 file would not fail): a folder where a file is
+    expected, and a path below a regular file."""
     data = tmp_path / "collection.tsv"
-    data.write_text("1\tpassage\n")
-    data.chmod(0)
+    if where == "folder":
+        data.mkdir()
+        words = (str(data), "is not a file")
+    else:
+        data.write_text("1\tpassage\n")
+        data = data / "collection.tsv"
+        words = (str(data), "no file matches")
     cfg = compose_train([*TINY, f"data.sources.msmarco.collection={data}"], tmp_path / "run")
-    assert_words(expect_exit(capsys, train_entry.train, cfg), (str(data), "readable"))
+    assert_words(expect_exit(capsys, train_entry.train, cfg), ("data.sources.msmarco.collection", *words))
+    assert not (tmp_path / "run").exists()
 
 
 # --- data files: readers that already name file:line (the `data` branch adds more) --------------------------------
@@ -432,3 +441,56 @@ def test_train_command_line_user_error_exits_2_without_traceback(tmp_path):
                            f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
     assert "data.batch_size='abc'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- every entry point: a UserError is one line on stderr and exit status 2 --------------------------------------
+def hydra_args(t: Path, *args: str) -> list[str]:
+    return [*args, f"paths.log_dir={t}", f"hydra.run.dir={t}/hydra", "hydra.output_subdir=null"]
+
+
+ENTRY_POINTS = [  # (module run as `python -m`, argv with one mistake, words the one line must hold)
+    ("embed_lm.train", lambda t: hydra_args(t, *TINY, "data.batch_size=abc"), ("data.batch_size='abc'",)),
+    ("embed_lm.evaluate", lambda t: hydra_args(t, "batch_size=0", "wandb.enabled=false"), ("batch_size=0",)),
+    ("embed_lm.encode", lambda t: ["run=/any", f"--input={t}/none.txt", f"--output={t}/o.npy"],
+     ("none.txt", "no such file")),
+    ("embed_lm.export", lambda t: ["run=/no/such/run", f"out={t}/x"], ("/no/such/run", "is not a training run")),
+    ("embed_lm.mine", lambda t: hydra_args(t, "input.jsonl=/no/such/pairs.jsonl", "input.collection=null",
+                                           "input.queries=null", "input.qrels=null", f"output={t}/m.jsonl"),
+     ("/no/such/pairs.jsonl",)),
+    ("embed_lm.synth", lambda t: [f"out={t}/synth", "dry_run=true", "n_tasks=-1", f"hydra.run.dir={t}/hydra"],
+     ("n_tasks",)),
+    ("embed_lm.synth.report", lambda t: [f"{t}/nothing"], ("{t}/nothing", "no synthesis folder")),
+    ("embed_lm.passkey", lambda t: hydra_args(t, "run=/no/such/run", "wandb.enabled=false"), ("/no/such/run",)),
+    ("embed_lm.report", lambda t: ["runs", f"{t}/norun"], ("norun", "no metrics file")),
+    ("embed_lm.plan", lambda t: hydra_args(t, "data.batch_size=abc"), ("data.batch_size='abc'",)),
+]
+
+
+@pytest.fixture
+def restore_logging_and_hydra():
+    """An in-process Hydra main configures the root logger and the global Hydra instance: undo both."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy of an imported module
+@pytest.mark.parametrize("module,argv,words", ENTRY_POINTS, ids=[e[0] for e in ENTRY_POINTS])
+def test_every_entry_point_prints_a_user_error_as_one_line_and_exits_2(module, argv, words, tmp_path, capsys,
+                                                                       monkeypatch, restore_logging_and_hydra):
+    """The module's own `__main__` block (runpy, as `python -m` runs it) with one bad input: exit status 2, one
+    `error:` line naming the input, no traceback."""
+    monkeypatch.setattr(sys, "argv", [module, *argv(tmp_path)])
+    monkeypatch.setattr(os, "_exit", sys.exit)  # synth leaves with os._exit (no wait for requests in flight)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert_words(lines[0], tuple(w.replace("{t}", str(tmp_path)) for w in words))
