@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from embed_lm.errors import FileConflictError, MissingFileError
 from embed_lm.inference.cli import UsageError, check_at_least, parse_args, run_main
-from embed_lm.data.records import DataFormatError, SkipCounter, open_text, read_jsonl, text_field
+from embed_lm.data.records import DataFormatError, SkipCounter, open_binary, read_jsonl, text_field
 from embed_lm.inference.embedder import Embedder
 from embed_lm.model.instructions import TASK_KINDS, InstructionStyle
 
@@ -47,9 +47,14 @@ def read_texts(path: Path, field: str = "text") -> Iterator[str]:
         for lineno, obj in read_jsonl(path, SkipCounter(skip_invalid=False)):
             yield text_field(obj, field, path, lineno)
         return
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.rstrip("\r\n")
+    with open_binary(path) as f:  # decoded line by line: a non-UTF-8 byte names file:line
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(path, lineno, None, f"not valid UTF-8 (byte {raw[e.start]:#04x} at column "
+                                      f"{e.start + 1}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8"
+                                      ) from None
             if not text.strip():
                 raise DataFormatError(path, lineno, None, "blank line; a text file holds one non-empty text per "
                                       "line (row i of the output is line i)")

@@ -55,12 +55,25 @@ def one_line(message: object) -> str:
     return " | ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
+def user_error_of(error: BaseException) -> UserError | None:
+    """The UserError that `error` is or wraps (Hydra's instantiate wraps a constructor's refusal in an
+    InstantiationException, its cause); None for anything else, which is a bug."""
+    if isinstance(error, UserError):
+        return error
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException):
+        return user_error_of(error.__cause__) if error.__cause__ is not None else None
+    return None
+
+
 def exit_on_user_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """fn(*args, **kwargs); a UserError becomes `error: <message>` (one line) on stderr and exit status 2."""
     try:
         return fn(*args, **kwargs)
-    except UserError as e:
-        if any(os.environ.get(name) == "1" for name in TRACEBACK_ENV):
+    except Exception as e:  # re-raised unless it is (or wraps) a UserError: a bug keeps its traceback
+        user = user_error_of(e)
+        if user is None or any(os.environ.get(name) == "1" for name in TRACEBACK_ENV):
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(user)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)

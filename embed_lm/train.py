@@ -37,7 +37,7 @@ from embed_lm.config import resolvers as conf_resolvers, validate
 from embed_lm.errors import ResumeMismatchError, exit_on_user_error
 from embed_lm.model.backbone import LoadedBackbone, add_lora, count_trainable, full_finetune
 from embed_lm.model.collator import TextCollator
-from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.encoder import TextEncoder, check_packing
 from embed_lm.training import run_record
 from embed_lm.training.after_training import evaluate_after_training, format_metrics
 from embed_lm.training.callbacks import SaveEmbedder
@@ -111,16 +111,22 @@ def check_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
 
 def check_inputs(cfg: DictConfig):
     """(backbone spec, loss, datamodule) with every input checked that can be checked before the weights load:
-    the model path, the loss/strategy combination, every data file."""
+    the model path, the loss/strategy and packing/backbone combinations, every data file (its table built: each
+    source has examples, enough for one global batch)."""
     spec = instantiate(cfg.backbone)
     spec.check()
     loss_fn = instantiate(cfg.loss)
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1), full_finetune=cfg.lora_rank.r is None)
+    check_packing(cfg.get("packing", False), cfg.backbone.architecture)
     validate.check_train_files(cfg)
     datamodule = instantiate(cfg.data, collator=None, instruction_style=instantiate(cfg.instruction_style),
                              _recursive_=True)
-    datamodule.check()  # the collator needs the tokenizer: set once the backbone has loaded
+    world_size = local_processes(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1)) * int(
+        cfg.trainer.get("num_nodes", 1) or 1)
+    # builds the Arrow tables (data only; one process per machine: a later rank finds them or fails with rank 0)
+    datamodule.check(world_size, build=os.environ.get("LOCAL_RANK", "0") == "0")
+    # the collator needs the tokenizer: set once the backbone has loaded
     return spec, loss_fn, datamodule
 
 

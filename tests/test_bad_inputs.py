@@ -494,3 +494,158 @@ def test_every_entry_point_prints_a_user_error_as_one_line_and_exits_2(module, a
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert_words(lines[0], tuple(w.replace("{t}", str(tmp_path)) for w in words))
+
+
+# --- issue 23 item 3: each refusal is one line naming the file, line or option, before the model loads ---------------
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a backbone's weights start to load (the refusal must come first)."""
+    from embed_lm.model.backbone import PretrainedBackbone, TinyBackbone
+
+    def load(self):
+        pytest.fail("the model loaded before the refusal")
+
+    monkeypatch.setattr(TinyBackbone, "load", load)
+    monkeypatch.setattr(PretrainedBackbone, "load", load)
+
+
+def synthetic_file(tmp_path, n_lines: int, name: str = "short_long.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(GOOD_SL | {"user_query": f"q{i}"}) + "\n" for i in range(n_lines)))
+    return path
+
+
+def synthetic_only(tmp_path, path, *overrides):
+    return compose_train([*TINY, "~data.sources.msmarco", f"data.sources.synthetic.paths={path}",
+                          f"data.cache_dir={tmp_path / 'cache'}", *overrides], tmp_path / "run")
+
+
+@pytest.mark.parametrize("lines,words", [
+    ([], ("it is empty",)),
+    (["{oops"], ("every line was invalid", "skip_invalid")),
+], ids=["empty", "all lines skipped"])
+def test_a_training_file_without_examples_is_refused_before_the_model_loads(lines, words, tmp_path, capsys,
+                                                                            no_model_load):
+    path = tmp_path / "short_long.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    cfg = synthetic_only(tmp_path, path, "data.sources.synthetic.skip_invalid=true")
+    message = expect_exit(capsys, train_entry.train, cfg)
+    assert_words(message, (str(path), "no training examples", "data.sources.synthetic", *words))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_source_smaller_than_the_batch_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    cfg = synthetic_only(tmp_path, synthetic_file(tmp_path, 3), "data.batch_size=8")
+    message = expect_exit(capsys, train_entry.train, cfg)
+    assert_words(message, ("synthetic/short-long", "3 examples", "data.batch_size=8", "Lower data.batch_size"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("ratios,words", [
+    ("{sts:-1}", ("data.sources.synthetic.kind_ratios", "non-negative")),
+    ("{poems:1}", ("data.sources.synthetic.kind_ratios", "poems")),
+    ("{sts:1}", ("data.sources.synthetic.kind_ratios", "no weight for ['short-long']")),
+], ids=["negative", "unknown kind", "present kind missing"])
+def test_bad_kind_ratios_are_refused_before_the_model_loads(ratios, words, tmp_path, capsys, no_model_load):
+    cfg = synthetic_only(tmp_path, synthetic_file(tmp_path, 20), f"data.sources.synthetic.kind_ratios={ratios}")
+    assert_words(expect_exit(capsys, train_entry.train, cfg), words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_packing_with_an_encoder_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    cfg = compose_train([*TINY, "backbone=minilm", "packing=true"], tmp_path / "run")
+    assert_words(expect_exit(capsys, train_entry.train, cfg), ("packing=true", "backbone.architecture='bert'",
+                                                                "packing=false"))
+    assert not (tmp_path / "run").exists()  # nothing written: no on_exception.ckpt
+
+
+def test_a_damaged_arrow_cache_is_rebuilt(tmp_path, caplog):
+    from embed_lm.data.synthetic import SyntheticSource
+    from embed_lm.data.tables import ensure_built
+
+    source = SyntheticSource("synthetic", str(synthetic_file(tmp_path, 20)))
+    folder = ensure_built(source, tmp_path / "cache")
+    arrow = folder / "examples.arrow"
+    for damage in (lambda b: b"\x00garbage" * 10, lambda b: b[: len(b) // 2]):  # overwritten, truncated
+        arrow.write_bytes(damage(arrow.read_bytes()))
+        with caplog.at_level(logging.WARNING, logger="embed_lm.data.tables"):
+            assert ensure_built(source, tmp_path / "cache") == folder
+        assert str(folder) in caplog.text and "rebuilding" in caplog.text
+        assert len(source.open(folder)) == 20
+        caplog.clear()
+
+
+def test_the_cache_key_follows_the_content_not_the_size_and_mtime(tmp_path):
+    from embed_lm.data.synthetic import SyntheticSource
+    from embed_lm.data.tables import cache_folder
+
+    path = synthetic_file(tmp_path, 5)
+    source = SyntheticSource("synthetic", str(path))
+    before, stat = cache_folder(source, tmp_path / "cache"), path.stat()
+    path.write_text(path.read_text().replace("q1", "q7"))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # modification time put back
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache_folder(source, tmp_path / "cache") != before
+    os.utime(path)  # touched, content unchanged: the same table
+    edited = cache_folder(source, tmp_path / "cache")
+    os.utime(path, ns=(1, 1))
+    assert cache_folder(source, tmp_path / "cache") == edited
+
+
+def run_synth(tmp_path, monkeypatch, capsys, *args) -> str:
+    """python -m embed_lm.synth generator=openai_batch against a closed port; returns the one error line."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr(sys, "argv", ["embed_lm.synth", "generator=openai_batch", "model=m", "n_tasks=2",
+                                      "n_examples=0", "generator.base_url=http://127.0.0.1:9/v1",
+                                      "generator.max_retries=0", f"out={tmp_path / 'out'}",
+                                      f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false", *args])
+    monkeypatch.setattr(os, "_exit", sys.exit)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("embed_lm.synth", run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_openai_batch_against_an_unreachable_server_is_one_line(tmp_path, monkeypatch, capsys,
+                                                                restore_logging_and_hydra):
+    assert_words(run_synth(tmp_path, monkeypatch, capsys), ("http://127.0.0.1:9/v1", "generator.base_url",
+                                                            "rerun the same command"))
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_a_damaged_batch_ledger_names_file_and_line(tmp_path, monkeypatch, capsys, restore_logging_and_hydra):
+    ledger = tmp_path / "out" / "batches" / "ledger.jsonl"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(json.dumps({"event": "uploaded", "step": "tasks", "input_file_id": "file-1",
+                                  "input": "tasks-0.input.jsonl", "requests": 1}) + "\n" + '{"event": "crea\n')
+    assert_words(run_synth(tmp_path, monkeypatch, capsys), (f"{ledger}:2", "delete"))
+
+
+def test_export_push_to_hub_offline_is_one_line_and_the_local_export_is_complete(tiny_run, tmp_path, capsys,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: export_cli.main([f"run={tiny_run}", f"out={out}", "--push-to-hub", "someone/model"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert_words(lines[0], ("--push-to-hub someone/model", "HF_HUB_OFFLINE", str(out), "huggingface-cli upload"))
+    assert len(load_run(out)[0].encode(["a query"])) == 1  # the local export is complete and loads
+    assert (out / "README.md").is_file()
+
+
+def test_encode_names_file_and_line_of_a_non_utf8_text(tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes(b"one\ncaf\xe9 latin-1\nthree\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: encode_cli.main(["run=/any", f"--input={texts}", f"--output={tmp_path / 'o.npy'}"]))
+    assert exit_info.value.code == 2
+    assert_words(capsys.readouterr().err, (f"{texts}:2", "not valid UTF-8", "0xe9"))
+    assert not (tmp_path / "o.npy").exists()

@@ -37,7 +37,7 @@ from embed_lm.model.length_batching import length_batches
 from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample
-from embed_lm.data.sampler import MixtureBatchSampler
+from embed_lm.data.sampler import MixtureBatchSampler, check_sizes
 from embed_lm.data.pretokenize import pretokenize
 from embed_lm.data.tables import ExampleTable, ensure_built
 from embed_lm.model.instructions import InstructionStyle
@@ -208,30 +208,36 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.dataset: MixtureDataset | None = None
         self.splits: dict[str, RetrievalSplit] = {}
 
-    def check(self) -> None:
-        """Fail fast, before any model is loaded, if a configured file is missing."""
+    def check(self, world_size: int = 1, build: bool = True) -> None:
+        """Fail fast, before any model is loaded: a configured file missing; with build, also a file without
+        examples, a bad kind_ratios or a source smaller than one global batch (batch_size * world_size): the tables
+        are built here (once: prepare_data then finds them cached)."""
         for source in self.sources.values():
             source.check()
         for spec in self.split_specs.values():
             if spec is not None:
                 spec.check()
+        if build:
+            parts = self.parts(tokens=False)
+            check_sizes([len(p) for p in parts], [p.ratio for p in parts], self.batch_size, world_size,
+                        self.single_source_batches, [p.name for p in parts])
 
     def prepare_data(self) -> None:
         """Parse every source into its Arrow cache (Lightning runs this on local rank 0; the others wait)."""
         for source in self.sources.values():
             self._table(source)
 
-    def _table(self, source: TrainSource) -> ExampleTable:
+    def _table(self, source: TrainSource, tokens: bool = True) -> ExampleTable:
         """Memory-map the source's table, building it (and its tokens, with data.pretokenize) if not cached yet."""
         folder = ensure_built(source, self.cache_dir)
         table = source.open(folder)
-        return pretokenize(table, folder, self.collator, self.style) if self.pretokenize else table
+        return pretokenize(table, folder, self.collator, self.style) if self.pretokenize and tokens else table
 
-    def parts(self) -> list[Part]:
+    def parts(self, tokens: bool = True) -> list[Part]:
         """Memory-map each source's table and split it into its sampling parts (e.g. one per synthetic kind)."""
         parts = []
         for name, source in self.sources.items():
-            table = self._table(source)  # built already unless prepare_data was skipped
+            table = self._table(source, tokens)  # built already unless prepare_data was skipped
             if len(table) == 0:
                 raise ConfigError(f"data source '{name}' produced no training examples")
             split = source.parts(table) if hasattr(source, "parts") else [(name, None, 1.0)]
