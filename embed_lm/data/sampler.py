@@ -30,8 +30,8 @@ def check_sizes(sizes: list[int], ratios: list[float] | None, batch_size: int, w
     names = names or [f"#{i}" for i in range(len(sizes))]
     empty = [n for n, s in zip(names, sizes) if s <= 0]
     if not sizes or empty:
-        raise ConfigError(f"data source {empty[0] if empty else 'data.sources'!r} has no training examples: "
-                          "remove it from data.sources or give it data")
+        raise ConfigError(f"data source {empty[0] if empty else 'data.sources'!r} has no training examples; every "
+                          "training source needs at least one example: remove it from data.sources or give it data")
     ratios = list(sizes) if ratios is None else list(ratios)
     if len(ratios) != len(sizes) or min(ratios) < 0 or sum(ratios) <= 0:
         raise ConfigError(f"ratios {ratios} of {names} must be one non-negative number per source, not all zero "
