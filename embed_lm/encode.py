@@ -31,7 +31,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from embed_lm.errors import FileConflictError, MissingFileError
-from embed_lm.inference.cli import UsageError, check_at_least, parse_args, run_main
+from embed_lm.inference.cli import KeyValueParser, UsageError, check_at_least, run_main
 from embed_lm.data.records import DataFormatError, SkipCounter, open_binary, read_jsonl, text_field
 from embed_lm.inference.embedder import Embedder
 from embed_lm.model.instructions import TASK_KINDS, InstructionStyle
@@ -113,7 +113,7 @@ def query_prefix(style: InstructionStyle, task: str | None, kind: str, example: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed_lm.encode", description=__doc__.split("\n\n")[0],
+    p = KeyValueParser(prog="python -m embed_lm.encode", description=__doc__.split("\n\n")[0],
                                 epilog="Options also read as key=value: run=<dir> batch_size=32.")
     p.add_argument("--run", required=True, help="run folder written by embed_lm.train, or a .ckpt inside it")
     p.add_argument("--input", required=True, type=Path, help="JSONL with a 'text' field per line, or one text a line")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     check_at_least(batch_size=(args.batch_size, 1), max_tokens=(args.max_tokens, 1), max_length=(args.max_length, 2),
                    chunk_size=(args.chunk_size, 1))
     if args.output.exists() and not args.force:

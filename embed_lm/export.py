@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from embed_lm.errors import FileConflictError
-from embed_lm.inference.cli import UsageError, parse_args, run_main
+from embed_lm.inference.cli import KeyValueParser, UsageError, run_main
 from embed_lm.model.instructions import TASK_KINDS, default_task
 from embed_lm.inference.st_format import check_tokenizer, save_tokenizer, write_st_modules
 
@@ -78,7 +78,7 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed_lm.export", description=__doc__.split("\n\n")[0],
+    p = KeyValueParser(prog="python -m embed_lm.export", description=__doc__.split("\n\n")[0],
                                 epilog="Options also read as key=value: run=<dir> out=<dir> task=\"...\".")
     p.add_argument("--run", required=True, help="run folder written by embed_lm.train, or a .ckpt inside it")
     p.add_argument("--out", required=True, type=Path, help="folder to write the merged model to")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         if not args.force:
             raise FileConflictError(f"out={args.out} exists and is not empty; pass --force to replace it")

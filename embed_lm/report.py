@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from embed_lm.errors import exit_on_user_error
+from embed_lm.inference.cli import KeyValueParser
 from embed_lm.table4.report import table4
 
 
@@ -27,7 +28,7 @@ def runs(run_dirs: list[Path], out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeyValueParser(prog="python -m embed_lm.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="report", required=True)
     t4 = sub.add_parser("table4", help="Table 4 from a sweep folder")
     t4.add_argument("sweep", type=Path)

@@ -649,3 +649,38 @@ def test_encode_names_file_and_line_of_a_non_utf8_text(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert_words(capsys.readouterr().err, (f"{texts}:2", "not valid UTF-8", "0xe9"))
     assert not (tmp_path / "o.npy").exists()
+
+
+# --- issue 21 item 6: one CLI style, every entry point documented by --help --------------------------------------
+HELP = [  # (module, words its --help must show)
+    *((m, (f"python -m {m}:", "Options are key=value overrides", "== Configuration groups ==")) for m in
+      ("embed_lm.train", "embed_lm.evaluate", "embed_lm.mine", "embed_lm.synth", "embed_lm.passkey", "embed_lm.plan")),
+    ("embed_lm.encode", ("usage: python -m embed_lm.encode", "--input", "key=value")),
+    ("embed_lm.export", ("usage: python -m embed_lm.export", "--push-to-hub", "key=value")),
+    ("embed_lm.report", ("usage: python -m embed_lm.report", "table4", "runs")),
+    ("embed_lm.synth.report", ("usage: python -m embed_lm.synth.report", "folder")),
+    ("embed_lm.passkey.plot", ("usage: python -m embed_lm.passkey.plot", "--out")),
+]
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("module,words", HELP, ids=[h[0] for h in HELP])
+def test_every_entry_point_documents_itself_with_help(module, words, capsys, monkeypatch, restore_logging_and_hydra):
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__")
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    for word in words:
+        assert word in out, f"{word!r} not in the --help of {module}:\n{out}"
+
+
+def test_key_value_reads_as_the_flag_in_every_plain_entry_point(tmp_path, capsys):
+    """`out=x` is `--out x` for subcommands too, and a flag's own value that looks like key=value stays a value."""
+    from embed_lm import report
+
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(report.main, ["runs", str(tmp_path / "norun"), f"out={tmp_path / 'r.png'}"])
+    assert exit_info.value.code == 2 and "no metrics file" in capsys.readouterr().err  # parsed, then refused
+    args = encode_cli.build_parser().parse_args(["run=r", "--task", "x=y", "input=a", "--output", "b"])
+    assert (args.run, args.task, str(args.input), str(args.output)) == ("r", "x=y", "a", "b")

@@ -15,13 +15,13 @@ answers = kept + discarded + duplicates. Words are whitespace-separated, so Chin
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from embed_lm.errors import MissingFileError, exit_on_user_error
+from embed_lm.inference.cli import KeyValueParser
 from embed_lm.data.synthetic import FIELDS
 from embed_lm.model.instructions import TASK_KINDS
 from embed_lm.synth.report_tasks import task_markdown, task_section
@@ -217,7 +217,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m embed_lm.synth.report", description=__doc__.split("\n")[0])
+    parser = KeyValueParser(prog="python -m embed_lm.synth.report", description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="the out=... folder of python -m embed_lm.synth")
     parser.add_argument("--out", default=None, help="where to write the report (default: <folder>/report)")
     parser.add_argument("--seed", type=int, default=0, help="which random examples samples.md shows")
