@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from embed_lm.errors import ConfigError
 from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
 from embed_lm.inference.embedder import Embedder
 
@@ -97,7 +98,7 @@ def read_msmarco_ids(collection: str, queries: str, qrels: str | None = None, tr
                      option: str = "mine.input") -> Pairs:
     """MS-MARCO ids: positives from qrels (qid, 0, pid, rel>0) or from id triples (qid, pos, neg)."""
     if not (qrels or triples):
-        raise ValueError(f"{option}: set `qrels` or `triples` next to `collection` and `queries`")
+        raise ConfigError(f"{option}: set `qrels` or `triples` next to `collection` and `queries`")
     skips = SkipCounter(skip_invalid=False)
     rows: list[tuple[str, str]] = []
     given: dict[str, list[str]] = {}
