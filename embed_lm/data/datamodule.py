@@ -9,7 +9,8 @@ positives first, then each query's N hard negatives in query order; query_ids (B
 of the texts, with which the loss masks duplicates (a copy of a query's positive is not its negative). Every example
 gets exactly N negatives: extra ones are dropped, missing ones are filled with other examples' positives from the
 same part (counted, logged). Sources are Arrow tables cached under `data.cache_dir` (embed_lm/data/tables.py),
-built by `prepare_data` on local rank 0 and memory-mapped by every rank and worker.
+built by `check` (train.py, before the model loads) or `prepare_data` on local rank 0 and memory-mapped by every
+rank and worker.
 Eval batch: (indices (b,), TokenizedBatch) over queries (dataloader 2k) and corpus (dataloader 2k+1) of eval split k,
 cut as `encode` cuts them (embed_lm/model/length_batching.py `length_batches`: tokenized once, sorted by exact token count, eval_batch_size rows
 or eval_max_tokens a batch). With W ranks each rank gets batches rank, rank + W, ... (every rank tokenizes the split,
