@@ -30,8 +30,9 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from embed_lm.inference.cli import UsageError, check_at_least, parse_args, run_main
-from embed_lm.data.records import DataFormatError, SkipCounter, open_text, read_jsonl, text_field
+from embed_lm.errors import FileConflictError, MissingFileError
+from embed_lm.inference.cli import KeyValueParser, UsageError, check_at_least, run_main
+from embed_lm.data.records import DataFormatError, SkipCounter, open_binary, read_jsonl, text_field
 from embed_lm.inference.embedder import Embedder
 from embed_lm.model.instructions import TASK_KINDS, InstructionStyle
 
@@ -41,14 +42,19 @@ log = logging.getLogger("embed_lm.encode")
 def read_texts(path: Path, field: str = "text") -> Iterator[str]:
     """Texts of a JSONL file (one object per line, `field` a non-empty string) or of a one-text-per-line file."""
     if not path.is_file():
-        raise FileNotFoundError(f"--input {path}: no such file")
+        raise MissingFileError(f"--input {path}: no such file")
     if ".jsonl" in path.suffixes or ".json" in path.suffixes:
         for lineno, obj in read_jsonl(path, SkipCounter(skip_invalid=False)):
             yield text_field(obj, field, path, lineno)
         return
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.rstrip("\r\n")
+    with open_binary(path) as f:  # decoded line by line: a non-UTF-8 byte names file:line
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(path, lineno, None, f"not valid UTF-8 (byte {raw[e.start]:#04x} at column "
+                                      f"{e.start + 1}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8"
+                                      ) from None
             if not text.strip():
                 raise DataFormatError(path, lineno, None, "blank line; a text file holds one non-empty text per "
                                       "line (row i of the output is line i)")
@@ -107,7 +113,7 @@ def query_prefix(style: InstructionStyle, task: str | None, kind: str, example: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed_lm.encode", description=__doc__.split("\n\n")[0],
+    p = KeyValueParser(prog="python -m embed_lm.encode", description=__doc__.split("\n\n")[0],
                                 epilog="Options also read as key=value: run=<dir> batch_size=32.")
     p.add_argument("--run", required=True, help="run folder written by embed_lm.train, or a .ckpt inside it")
     p.add_argument("--input", required=True, type=Path, help="JSONL with a 'text' field per line, or one text a line")
@@ -130,11 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     check_at_least(batch_size=(args.batch_size, 1), max_tokens=(args.max_tokens, 1), max_length=(args.max_length, 2),
                    chunk_size=(args.chunk_size, 1))
     if args.output.exists() and not args.force:
-        raise FileExistsError(f"--output {args.output} exists; pass --force to overwrite it")
+        raise FileConflictError(f"--output {args.output} exists; pass --force to overwrite it")
     if args.as_ == "document" and args.task is not None:
         log.warning("--task is ignored for --as document (documents get no instruction)")
     n = count_texts(args.input, args.field)  # a bad line fails here, before the model loads

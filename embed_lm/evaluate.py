@@ -22,17 +22,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm.config import resolvers as conf_resolvers, validate
-from embed_lm.data.records import DataFormatError
-from embed_lm.errors import UserError, exit_on_user_error
+from embed_lm.errors import exit_on_user_error
 from embed_lm.eval.runner import evaluate_embedder
-from embed_lm.eval.suites import DatasetUnavailableError, UnknownTaskError, build_tasks
-from embed_lm.inference.runs import RunNotFoundError, load_base, load_run
+from embed_lm.eval.suites import build_tasks
+from embed_lm.inference.runs import load_base, load_run
 from embed_lm.model.distributed import resolve_device, world
 
 log = logging.getLogger("embed_lm.evaluate")
 conf_resolvers.register()
-USER_ERRORS = (UserError, RunNotFoundError, UnknownTaskError, DatasetUnavailableError, FileNotFoundError,
-               DataFormatError)  # not every ValueError: a bug keeps its traceback
 
 
 def init_from_launcher() -> None:
@@ -100,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     init_from_launcher()
-    report = exit_on_user_error(evaluate, cfg, errors=USER_ERRORS, env=("HYDRA_FULL_ERROR", "EMBED_LM_TRACEBACK"))
+    report = exit_on_user_error(evaluate, cfg)  # a UserError: one line, exit 2
     return report["avg"]
 
 

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-from embed_lm.inference.cli import UsageError, parse_args, run_main
+from embed_lm.errors import FileConflictError
+from embed_lm.inference.cli import KeyValueParser, UsageError, run_main
 from embed_lm.model.instructions import TASK_KINDS, default_task
-from embed_lm.inference.st_format import ExportError, check_tokenizer, save_tokenizer, write_st_modules
+from embed_lm.inference.st_format import check_tokenizer, save_tokenizer, write_st_modules
 
 log = logging.getLogger("embed_lm.export")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,7 +78,7 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed_lm.export", description=__doc__.split("\n\n")[0],
+    p = KeyValueParser(prog="python -m embed_lm.export", description=__doc__.split("\n\n")[0],
                                 epilog="Options also read as key=value: run=<dir> out=<dir> task=\"...\".")
     p.add_argument("--run", required=True, help="run folder written by embed_lm.train, or a .ckpt inside it")
     p.add_argument("--out", required=True, type=Path, help="folder to write the merged model to")
@@ -96,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         if not args.force:
-            raise FileExistsError(f"out={args.out} exists and is not empty; pass --force to replace it")
+            raise FileConflictError(f"out={args.out} exists and is not empty; pass --force to replace it")
         if not (args.out / "modules.json").is_file():
-            raise FileExistsError(f"out={args.out} is not an earlier export (no modules.json); not replacing it")
+            raise FileConflictError(f"out={args.out} is not an earlier export (no modules.json); not replacing it")
         shutil.rmtree(args.out)
     if args.max_length is not None and args.max_length < 2:
         raise UsageError(f"max_length={args.max_length}: must be at least 2")
@@ -117,4 +118,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")  # raised inside peft's merge
-    run_main(main, (ExportError,))
+    run_main(main)

@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 
 from embed_lm.config import resolvers as conf_resolvers
 from embed_lm.data.msmarco import MsMarcoSource
-from embed_lm.data.records import DataFormatError, expand_paths
-from embed_lm.errors import ConfigError, UserError, exit_on_user_error
+from embed_lm.data.records import expand_paths
+from embed_lm.errors import ConfigError, exit_on_user_error
 from embed_lm.inference.mining import (EmbedderModel, MiningWindow, check_output, mine, read_input,
                                        write_output)
 from embed_lm.model.distributed import resolve_device
@@ -131,8 +131,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="mine")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(run, cfg, errors=(UserError, DataFormatError, FileNotFoundError),
-                       env=("EMBED_LM_TRACEBACK", "HYDRA_FULL_ERROR"))
+    exit_on_user_error(run, cfg)  # a UserError: one line, exit 2
 
 
 if __name__ == "__main__":

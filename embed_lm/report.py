@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from embed_lm.errors import exit_on_user_error
+from embed_lm.inference.cli import KeyValueParser
 from embed_lm.table4.report import table4
 
 
@@ -27,7 +28,7 @@ def runs(run_dirs: list[Path], out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeyValueParser(prog="python -m embed_lm.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="report", required=True)
     t4 = sub.add_parser("table4", help="Table 4 from a sweep folder")
     t4.add_argument("sweep", type=Path)
@@ -38,14 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     rs.add_argument("run_dirs", type=Path, nargs="+", help="run folders (or their csv/metrics.csv)")
     rs.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write (default: runs.png)")
     args = parser.parse_args(argv)
-    try:
-        if args.report == "runs":
-            runs(args.run_dirs, args.out)
-        else:
-            table4(args.sweep, use_wandb=not args.no_wandb, released=args.released)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if args.report == "runs":
+        exit_on_user_error(runs, args.run_dirs, args.out)  # a UserError: one line, exit 2
+    else:
+        exit_on_user_error(table4, args.sweep, use_wandb=not args.no_wandb, released=args.released)
 
 
 if __name__ == "__main__":

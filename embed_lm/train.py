@@ -34,11 +34,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm.config import resolvers as conf_resolvers, validate
-from embed_lm.data.records import DataFormatError
-from embed_lm.errors import ResumeMismatchError, UserError, exit_on_user_error
-from embed_lm.model.backbone import BackboneNotFoundError, LoadedBackbone, add_lora, count_trainable, full_finetune
+from embed_lm.errors import ResumeMismatchError, exit_on_user_error
+from embed_lm.model.backbone import LoadedBackbone, add_lora, count_trainable, full_finetune
 from embed_lm.model.collator import TextCollator
-from embed_lm.model.encoder import TextEncoder
+from embed_lm.model.encoder import TextEncoder, check_packing
 from embed_lm.training import run_record
 from embed_lm.training.after_training import evaluate_after_training, format_metrics
 from embed_lm.training.callbacks import SaveEmbedder
@@ -46,13 +45,12 @@ from embed_lm.training.curves import write_run_curves
 from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
 from embed_lm.training.module import ContrastiveEncoderModule
 from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
-from embed_lm.training.strategies import IncompatibleSetupError, check_setup
+from embed_lm.training.strategies import check_setup
 
 log = logging.getLogger("embed_lm.train")
 conf_resolvers.register()
 warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-USER_ERRORS = (UserError, BackboneNotFoundError, DataFormatError, FileNotFoundError, IncompatibleSetupError)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -113,16 +111,22 @@ def check_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
 
 def check_inputs(cfg: DictConfig):
     """(backbone spec, loss, datamodule) with every input checked that can be checked before the weights load:
-    the model path, the loss/strategy combination, every data file."""
+    the model path, the loss/strategy and packing/backbone combinations, every data file (its table built: each
+    source has examples, enough for one global batch)."""
     spec = instantiate(cfg.backbone)
     spec.check()
     loss_fn = instantiate(cfg.loss)
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1), full_finetune=cfg.lora_rank.r is None)
+    check_packing(cfg.get("packing", False), cfg.backbone.architecture)
     validate.check_train_files(cfg)
     datamodule = instantiate(cfg.data, collator=None, instruction_style=instantiate(cfg.instruction_style),
                              _recursive_=True)
-    datamodule.check()  # the collator needs the tokenizer: set once the backbone has loaded
+    world_size = local_processes(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1)) * int(
+        cfg.trainer.get("num_nodes", 1) or 1)
+    # builds the Arrow tables (data only; one process per machine: a later rank finds them or fails with rank 0)
+    datamodule.check(world_size, build=os.environ.get("LOCAL_RANK", "0") == "0")
+    # the collator needs the tokenizer: set once the backbone has loaded
     return spec, loss_fn, datamodule
 
 
@@ -225,8 +229,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """train(cfg); a user error is printed as one line (no traceback) with exit status 2."""
-    metrics = exit_on_user_error(train, cfg, errors=USER_ERRORS, env=("HYDRA_FULL_ERROR", "EMBED_LM_TRACEBACK"))
+    """train(cfg); a user error (embed_lm.errors.UserError) is printed as one line with exit status 2."""
+    metrics = exit_on_user_error(train, cfg)
     return metrics.get("test/ndcg@10")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from embed_lm.errors import MissingFileError
 from embed_lm.data.records import DataFormatError, SkipCounter, read_jsonl, read_tsv, text_field
 from embed_lm.model.instructions import check_task_kind
 
@@ -39,7 +40,7 @@ class BeirSplit:
         """The three files exist and every qrels score is an integer (a cheap scan; before any model loads)."""
         missing = [str(p) for p in self.files().values() if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"BEIR split '{self.split}' at {self.path}: missing {', '.join(missing)}")
+            raise MissingFileError(f"BEIR split '{self.split}' at {self.path}: missing {', '.join(missing)}")
         path = self.files()["qrels"]
         for lineno, (_, _, score, *_) in read_tsv(path, 3, SkipCounter(False), header_startswith="query-id"):
             _relevance(score, path, lineno)

@@ -9,7 +9,8 @@ positives first, then each query's N hard negatives in query order; query_ids (B
 of the texts, with which the loss masks duplicates (a copy of a query's positive is not its negative). Every example
 gets exactly N negatives: extra ones are dropped, missing ones are filled with other examples' positives from the
 same part (counted, logged). Sources are Arrow tables cached under `data.cache_dir` (embed_lm/data/tables.py),
-built by `prepare_data` on local rank 0 and memory-mapped by every rank and worker.
+built by `check` (train.py, before the model loads) or `prepare_data` on local rank 0 and memory-mapped by every
+rank and worker.
 Eval batch: (indices (b,), TokenizedBatch) over queries (dataloader 2k) and corpus (dataloader 2k+1) of eval split k,
 cut as `encode` cuts them (embed_lm/model/length_batching.py `length_batches`: tokenized once, sorted by exact token count, eval_batch_size rows
 or eval_max_tokens a batch). With W ranks each rank gets batches rank, rank + W, ... (every rank tokenizes the split,
@@ -33,11 +34,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from embed_lm.errors import ConfigError
 from embed_lm.model.length_batching import length_batches
 from embed_lm.model.collator import TextCollator, TokenizedBatch
 from embed_lm.data.beir import BeirSplit, RetrievalSplit
 from embed_lm.data.records import TrainExample
-from embed_lm.data.sampler import MixtureBatchSampler
+from embed_lm.data.sampler import MixtureBatchSampler, check_sizes
 from embed_lm.data.pretokenize import pretokenize
 from embed_lm.data.tables import ExampleTable, ensure_built
 from embed_lm.model.instructions import InstructionStyle
@@ -190,9 +192,9 @@ class ContrastiveDataModule(L.LightningDataModule):
                  eval_max_tokens: int | None = None) -> None:
         super().__init__()
         if not any(s is not None for s in (sources or {}).values()):
-            raise ValueError("data.sources is empty: configure at least one training source")
+            raise ConfigError("data.sources is empty: configure at least one training source")
         if not isinstance(negatives_per_query, int) or negatives_per_query < 0:
-            raise ValueError(f"data.negatives_per_query must be an integer >= 0, got {negatives_per_query!r}")
+            raise ConfigError(f"data.negatives_per_query must be an integer >= 0, got {negatives_per_query!r}")
         # a config may switch a source off with null (data=full replaces msmarco by msmarco_passage: issue 12 item 5)
         sources = {k: v for k, v in sources.items() if v is not None}
         self.name, self.sources, self.collator, self.style = name, sources, collator, instruction_style
@@ -208,32 +210,38 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.dataset: MixtureDataset | None = None
         self.splits: dict[str, RetrievalSplit] = {}
 
-    def check(self) -> None:
-        """Fail fast, before any model is loaded, if a configured file is missing."""
+    def check(self, world_size: int = 1, build: bool = True) -> None:
+        """Fail fast, before any model is loaded: a configured file missing; with build, also a file without
+        examples, a bad kind_ratios or a source smaller than one global batch (batch_size * world_size): the tables
+        are built here (once: prepare_data then finds them cached)."""
         for source in self.sources.values():
             source.check()
         for spec in self.split_specs.values():
             if spec is not None:
                 spec.check()
+        if build:
+            parts = self.parts(tokens=False)
+            check_sizes([len(p) for p in parts], [p.ratio for p in parts], self.batch_size, world_size,
+                        self.single_source_batches, [p.name for p in parts])
 
     def prepare_data(self) -> None:
         """Parse every source into its Arrow cache (Lightning runs this on local rank 0; the others wait)."""
         for source in self.sources.values():
             self._table(source)
 
-    def _table(self, source: TrainSource) -> ExampleTable:
+    def _table(self, source: TrainSource, tokens: bool = True) -> ExampleTable:
         """Memory-map the source's table, building it (and its tokens, with data.pretokenize) if not cached yet."""
         folder = ensure_built(source, self.cache_dir)
         table = source.open(folder)
-        return pretokenize(table, folder, self.collator, self.style) if self.pretokenize else table
+        return pretokenize(table, folder, self.collator, self.style) if self.pretokenize and tokens else table
 
-    def parts(self) -> list[Part]:
+    def parts(self, tokens: bool = True) -> list[Part]:
         """Memory-map each source's table and split it into its sampling parts (e.g. one per synthetic kind)."""
         parts = []
         for name, source in self.sources.items():
-            table = self._table(source)  # built already unless prepare_data was skipped
+            table = self._table(source, tokens)  # built already unless prepare_data was skipped
             if len(table) == 0:
-                raise ValueError(f"data source '{name}' produced no training examples")
+                raise ConfigError(f"data source '{name}' produced no training examples")
             split = source.parts(table) if hasattr(source, "parts") else [(name, None, 1.0)]
             ratio = source.ratio if source.ratio is not None else float(len(table))
             total = sum(w for _, _, w in split)

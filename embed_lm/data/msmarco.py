@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embed_lm.errors import ConfigError
 from embed_lm.data.records import DataFormatError, SkipCounter, expand_paths, read_jsonl, read_tsv, text_field
 from embed_lm.data.tables import ExampleTable, RowSource, no_examples_error, open_arrow, write_arrow
 from embed_lm.model.instructions import MSMARCO_TASK
@@ -63,7 +64,7 @@ class MsMarcoSource(RowSource):
         self.collection, self.queries, self.qrels, self.triples, self.jsonl = collection, queries, qrels, triples, jsonl
         self.max_examples = max_examples
         if jsonl is None and triples is None and not (collection and queries and qrels):
-            raise ValueError(f"data.sources.{name}: set `jsonl`, or `triples` (text), or `collection`, `queries` "
+            raise ConfigError(f"data.sources.{name}: set `jsonl`, or `triples` (text), or `collection`, `queries` "
                              "and `triples`/`qrels` (ids)")
 
     def _files(self) -> dict[str, Path]:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embed_lm.errors import MissingFileError, UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class TrainExample:
     tokens: tuple | None = field(default=None, compare=False, repr=False)
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str) -> None:
         where = f"{path}:{line}" if line is not None else str(path)
         what = f" field '{field}'" if field else ""
@@ -62,7 +64,7 @@ def expand_paths(pattern: str | list[str], what: str) -> list[Path]:
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     paths = sorted({Path(p) for pat in patterns for p in glob.glob(str(Path(pat).expanduser()))})
     if not paths:
-        raise FileNotFoundError(f"{what}: no file matches {patterns}")
+        raise MissingFileError(f"{what}: no file matches {patterns}")
     return paths
 
 

@@ -20,24 +20,37 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from embed_lm.errors import ConfigError
+
+
+def check_sizes(sizes: list[int], ratios: list[float] | None, batch_size: int, world_size: int = 1,
+                single_source: bool = True, names: list[str] | None = None) -> list[float]:
+    """ConfigError unless every sampled source can fill one global batch (batch_size * world_size) without
+    repeating an example; returns the ratios (sizes when None). The datamodule calls it before any model loads."""
+    names = names or [f"#{i}" for i in range(len(sizes))]
+    empty = [n for n, s in zip(names, sizes) if s <= 0]
+    if not sizes or empty:
+        raise ConfigError(f"data source {empty[0] if empty else 'data.sources'!r} has no training examples; every "
+                          "training source needs at least one example: remove it from data.sources or give it data")
+    ratios = list(sizes) if ratios is None else list(ratios)
+    if len(ratios) != len(sizes) or min(ratios) < 0 or sum(ratios) <= 0:
+        raise ConfigError(f"ratios {ratios} of {names} must be one non-negative number per source, not all zero "
+                          "(data.sources.<name>.ratio)")
+    need = batch_size * world_size
+    small = [(n, s) for n, s, r in zip(names, sizes, ratios) if r > 0 and s < need] if single_source else (
+        [] if sum(s for s, r in zip(sizes, ratios) if r > 0) >= need else [("all sources", sum(sizes))])
+    if small:
+        raise ConfigError(f"data source {small[0][0]!r} has {small[0][1]} examples, fewer than one global batch "
+                          f"of {need} (data.batch_size={batch_size} x {world_size} devices): a batch would hold "
+                          "the same example twice (a false negative). Lower data.batch_size, add data, or give "
+                          "the source ratio 0")
+    return ratios
+
 
 class MixtureBatchSampler(Sampler[list[int]]):
     def __init__(self, sizes: list[int], ratios: list[float] | None, batch_size: int, single_source: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1, names: list[str] | None = None) -> None:
-        if not sizes or min(sizes) <= 0:
-            raise ValueError(f"every training source needs at least one example, got sizes {sizes}")
-        ratios = list(sizes) if ratios is None else list(ratios)
-        if len(ratios) != len(sizes) or min(ratios) < 0 or sum(ratios) <= 0:
-            raise ValueError(f"ratios {ratios} must be one non-negative number per source, not all zero")
-        names = names or [f"#{i}" for i in range(len(sizes))]
-        need = batch_size * world_size
-        small = [(n, s) for n, s, r in zip(names, sizes, ratios) if r > 0 and s < need] if single_source else (
-            [] if sum(s for s, r in zip(sizes, ratios) if r > 0) >= need else [("all sources", sum(sizes))])
-        if small:
-            raise ValueError(f"data source {small[0][0]!r} has {small[0][1]} examples, fewer than one global batch "
-                             f"of {need} (data.batch_size={batch_size} x {world_size} devices): a batch would hold "
-                             "the same example twice (a false negative). Lower data.batch_size, add data, or give "
-                             "the source ratio 0")
+        ratios = check_sizes(sizes, ratios, batch_size, world_size, single_source, names)
         self.sizes, self.batch_size, self.single_source = list(sizes), batch_size, single_source
         self.ratios = torch.tensor(ratios, dtype=torch.double) / sum(ratios)
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]

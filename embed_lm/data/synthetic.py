@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from embed_lm.errors import ConfigError
 from embed_lm.data.records import (DataFormatError, SkipCounter, TrainExample, expand_paths, read_jsonl,
                                    text_field)
 from embed_lm.data.tables import ExampleTable, RowSource, no_examples_error
@@ -69,7 +70,7 @@ class SyntheticSource(RowSource):
         self.kind_ratios = None if kind_ratios is None else {str(k): float(v) for k, v in dict(kind_ratios).items()}
         unknown = set(self.kind_ratios or ()) - set(FIELDS)
         if unknown or any(v < 0 for v in (self.kind_ratios or {}).values()):
-            raise ValueError(f"data.sources.{name}.kind_ratios: {self.kind_ratios} must map task kinds "
+            raise ConfigError(f"data.sources.{name}.kind_ratios: {self.kind_ratios} must map task kinds "
                              f"({', '.join(FIELDS)}) to non-negative weights")
 
     def files(self) -> list[Path]:
@@ -102,7 +103,7 @@ class SyntheticSource(RowSource):
         kinds = table.column("task_kind")  # (n,) Arrow strings: never turned into n Python objects
         present = sorted(pc.unique(kinds).to_pylist())
         if self.kind_ratios is not None and set(present) - set(self.kind_ratios):
-            raise ValueError(f"data.sources.{self.name}.kind_ratios has no weight for "
+            raise ConfigError(f"data.sources.{self.name}.kind_ratios has no weight for "
                              f"{sorted(set(present) - set(self.kind_ratios))} (present: {present}); give every "
                              "present kind a weight (0 leaves it out)")
         out = []

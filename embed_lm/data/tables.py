@@ -1,7 +1,11 @@
 """Training sources as memory-mapped Arrow tables (Hugging Face `datasets`), built once per content and shared.
 
 A source is parsed once into Arrow files under `data.cache_dir/<source name>-<key>/`, where the key hashes the
-source's options and the (path, size, mtime) of every file it reads. Every rank and every DataLoader worker then
+source's options and the (path, size, content hash) of every file it reads: an edit that keeps a file's size and
+puts its modification time back still gets a new table. A file's content hash (blake2b) is recomputed only when its
+(size, mtime, ctime, inode) changes, and remembered in `data.cache_dir/file_hashes/` (ctime cannot be set back by
+a user, so no edit slips through; a touch without a change rehashes but keeps the table). `done` records each
+Arrow file's row count: a damaged table (overwritten, truncated) is detected when opened and rebuilt. Every rank and every DataLoader worker then
 memory-maps the same files (`datasets.Dataset.from_file`): pages are shared through the OS page cache and an
 example is decoded only when a batch asks for it. Lightning's `prepare_data` (local rank 0) builds, the other
 ranks wait at its barrier and map.
@@ -30,24 +34,54 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 
-from embed_lm.data.records import SkipCounter, TrainExample
+from embed_lm.data.records import DataFormatError, SkipCounter, TrainExample
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1  # bump when what build() writes changes: old cache folders are then ignored
+FORMAT_VERSION = 2  # bump when what build() writes changes: old cache folders are then ignored
 TEXT_SCHEMA = pa.schema([("query", pa.string()), ("positive", pa.string()), ("negatives", pa.list_(pa.string())),
                          ("task", pa.string()), ("task_kind", pa.string())])
 datasets.disable_progress_bars()
 
 
+_HASH_MEMO: ContextVar[Path | None] = ContextVar("hash_memo", default=None)  # set by cache_folder
+
+
+def content_hash(path: Path) -> str:
+    """blake2b of the file's bytes; remembered (under the cache folder's file_hashes/) until the file's size, mtime,
+    ctime or inode changes."""
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    memo_dir = _HASH_MEMO.get()
+    memo = None if memo_dir is None else memo_dir / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    if memo is not None and memo.is_file():
+        try:
+            record = json.loads(memo.read_text())
+        except json.JSONDecodeError:  # a torn write of another process: hash again
+            record = {}
+        if record.get("stamp") == stamp:
+            return record["blake2b"]
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": str(path), "stamp": stamp, "blake2b": digest.hexdigest()}))
+        os.replace(tmp, memo)
+    return digest.hexdigest()
+
+
 def file_fingerprints(paths: list[Path]) -> list[list]:
-    """(absolute path, size, mtime_ns) per file: a changed file gets a new cache folder."""
-    return [[str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns] for p in paths]
+    """(absolute path, size, content hash) per file: a changed file gets a new cache folder."""
+    return [[str(p := path.resolve()), p.stat().st_size, content_hash(p)] for path in paths]
 
 
 def write_arrow(path: Path, schema: pa.Schema, rows: Iterator[dict], batch_rows: int = 10_000) -> int:
@@ -69,26 +103,60 @@ def open_arrow(path: Path) -> datasets.Dataset:
     return datasets.Dataset.from_file(str(path))  # memory-mapped, pickled by path into DataLoader workers
 
 
+def source_key(source, cache_dir: str | Path) -> dict:
+    """source.cache_key(), its file hashes remembered under cache_dir/file_hashes/."""
+    token = _HASH_MEMO.set(Path(cache_dir).expanduser() / "file_hashes")
+    try:
+        return source.cache_key()
+    finally:
+        _HASH_MEMO.reset(token)
+
+
 def cache_folder(source, cache_dir: str | Path) -> Path:
     key = json.dumps({"format": FORMAT_VERSION, "type": f"{type(source).__module__}.{type(source).__qualname__}",
-                      **source.cache_key()}, sort_keys=True, default=str)
+                      **source_key(source, cache_dir)}, sort_keys=True, default=str)
     return Path(cache_dir).expanduser() / f"{source.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+def row_counts(folder: Path) -> dict[str, int]:
+    """Rows of every Arrow file `build` wrote into `folder` (what `done` records)."""
+    return {p.name: len(open_arrow(p)) for p in sorted(folder.glob("*.arrow"))}
+
+
+def damage(folder: Path) -> str | None:
+    """Why the built table in `folder` cannot be used (a file missing, unreadable or with other row counts than
+    `done` records), or None."""
+    try:
+        recorded = json.loads((folder / "done").read_text() or "{}")
+    except json.JSONDecodeError as e:
+        return f"done is not the record build wrote ({e})"
+    for name, rows in recorded.items():
+        try:
+            found = len(open_arrow(folder / name))
+        except (OSError, pa.ArrowException) as e:  # missing, overwritten or truncated: pyarrow cannot read it
+            return f"{name} cannot be read ({type(e).__name__}: {str(e)[:200]})"
+        if found != rows:
+            return f"{name} holds {found} rows, {rows} were written"
+    return None
+
+
 def ensure_built(source, cache_dir: str | Path) -> Path:
-    """The source's cache folder, building it first if absent (into a temporary folder renamed at the end, so a
-    crashed or concurrent build never leaves a half-written table behind)."""
+    """The source's cache folder, building it first if absent or damaged (into a temporary folder renamed at the
+    end, so a crashed or concurrent build never leaves a half-written table behind)."""
     out = cache_folder(source, cache_dir)
     if (out / "done").is_file():
-        return out
+        if (why := damage(out)) is None:
+            return out
+        log.warning("source %s: the cached Arrow table in %s is damaged (%s): rebuilding it", source.name, out, why)
+        shutil.rmtree(out, ignore_errors=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     log.info("source %s: building the Arrow table in %s", source.name, out)
     try:
         source.build(tmp)
-        (tmp / "key.json").write_text(json.dumps(source.cache_key(), indent=1, default=str))
-        (tmp / "done").touch()
+        (tmp / "key.json").write_text(json.dumps(source_key(source, cache_dir), indent=1, default=str))
+        (tmp / "done").write_text(json.dumps(row_counts(tmp)))
         os.rename(tmp, out)
     except OSError:
         if not (out / "done").is_file():
@@ -204,7 +272,7 @@ class RowSource:
                 for r in self.limited_rows()]
 
 
-def no_examples_error(path: Path, name: str, skipped: bool) -> ValueError:
+def no_examples_error(path: Path, name: str, skipped: bool) -> DataFormatError:
     why = "every line was invalid and skipped (skip_invalid)" if skipped else "it is empty"
-    return ValueError(f"{path}: no training examples in this file ({why}); data source '{name}' "
-                      f"(data.sources.{name}) needs at least one per file: remove the file or fix it")
+    return DataFormatError(path, None, None, f"no training examples in this file ({why}); data source '{name}' "
+                           f"(data.sources.{name}) needs at least one per file: remove the file or fix it")

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
+from embed_lm.errors import UserError
+
 
 def top_k(query_emb: Tensor, corpus_emb: Tensor, k: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """Top-k (scores, indices) of each query over the corpus, in query chunks: (Q, k), (Q, k)."""
@@ -43,7 +45,7 @@ def retrieval_metrics(query_emb: Tensor, corpus_emb: Tensor, relevant: list[dict
         targets += [rel.get(d, 0) for d in cand]
         groups += [q] * len(cand)
     if not groups:
-        raise ValueError("no query has a relevant document in the corpus; check the qrels")
+        raise UserError("no query has a relevant document in the corpus; check the qrels")
     p, t, g = torch.tensor(preds), torch.tensor(targets), torch.tensor(groups)
     metrics = {"ndcg@10": RetrievalNormalizedDCG(top_k=10), "mrr@10": RetrievalMRR(top_k=10),
                f"recall@{recall_k}": RetrievalRecall(top_k=recall_k)}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mteb
 
-from embed_lm.errors import ConfigError
+from embed_lm.errors import ConfigError, UserError
 from embed_lm.model.backbone import hub_reachable
 from embed_lm.eval.beir_task import beir_task
 from embed_lm.eval.local_tasks import LOCAL_TASKS
@@ -21,12 +21,12 @@ from embed_lm.eval.local_tasks import LOCAL_TASKS
 MTEB_EN = "MTEB(eng, v1)"
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(UserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UserError, RuntimeError):
     pass
 
 

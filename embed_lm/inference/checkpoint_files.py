@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 from torch import Tensor
 
-from embed_lm.errors import UnsafeFileError, UserError
+from embed_lm.errors import MissingFileError, UnsafeFileError, UserError
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_forward_module.")
 
@@ -61,7 +61,7 @@ def zero_checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, Tensor]:
     state dict, through DeepSpeed's own converter (get_fp32_state_dict_from_zero_checkpoint)."""
     path = Path(checkpoint_dir)
     if not (path / "latest").is_file():
-        raise FileNotFoundError(f"{path} is a folder but not a DeepSpeed checkpoint (no {path / 'latest'}); pass a "
+        raise MissingFileError(f"{path} is a folder but not a DeepSpeed checkpoint (no {path / 'latest'}); pass a "
                                 ".ckpt file or folder from a run's checkpoints/")
     try:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
+
+from embed_lm.errors import UserError, one_line
+
+# what an upload raises when the hub cannot be used: the HTTP client's errors (network, HTTP status) and OSError
+# (HF_HUB_OFFLINE, no token, a file that cannot be read); the two bases of HfHubHTTPError
+UPLOAD_ERRORS = HfHubHTTPError.__bases__
 
 HUB_DATASETS = {"synthetic_msmarco": ["microsoft/ms_marco"], "msmarco_only": ["microsoft/ms_marco"]}  # data option
 # -> hub datasets it trains on (the synthetic part is generated locally: python -m embed_lm.synth; data=sample is the
@@ -191,7 +198,12 @@ def publish(run: str | Path, out: Path, prompts: dict[str, str], card: bool, rep
         build_card(cfg, prompts, read_scores(run_dir), repo_id or out.name, command).save(written)
     if repo_id:
         api = HfApi()
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=repo_id, repo_type="model", ignore_patterns=IGNORE,
-                          commit_message="Upload embed_lm export")
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            api.upload_folder(folder_path=str(out), repo_id=repo_id, repo_type="model", ignore_patterns=IGNORE,
+                              commit_message="Upload embed_lm export")
+        except UPLOAD_ERRORS as e:  # offline, unreachable, not logged in, refused: the local export is complete
+            raise UserError(f"--push-to-hub {repo_id}: the upload failed ({type(e).__name__}: {one_line(e)}); the "
+                            f"export in {out} is complete: upload it later with `huggingface-cli upload {repo_id} "
+                            f"{out}` (online: unset HF_HUB_OFFLINE; log in with `huggingface-cli login`)") from e
     return written

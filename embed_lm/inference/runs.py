@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from peft import PeftModel
 
-from embed_lm.errors import ConfigError, UserError
+from embed_lm.errors import ConfigError, MissingFileError, UserError
 from embed_lm.model.collator import TextCollator
 from embed_lm.inference.embedder import Embedder
 from embed_lm.model.encoder import TextEncoder
@@ -39,7 +39,7 @@ MERGED_CONFIG = "embed_lm.yaml"  # written by python -m embed_lm.export next to 
 FULL_WEIGHTS = "model"          # embedder/model/: a lora_rank=full run's weights (no adapter/)
 
 
-class RunNotFoundError(FileNotFoundError, UserError):
+class RunNotFoundError(MissingFileError):
     pass
 
 

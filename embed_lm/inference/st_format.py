@@ -27,6 +27,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from embed_lm.errors import UserError
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.pooling import Pooling
 
@@ -37,7 +38,7 @@ ALL_ST_POOLING_KEYS = ("pooling_mode_cls_token", "pooling_mode_max_tokens", "poo
                        "pooling_mode_lasttoken")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported folder would not reproduce our embeddings (e.g. its tokenizer differs from the collator)."""
 
 

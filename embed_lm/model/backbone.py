@@ -21,6 +21,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from embed_lm.errors import ConfigError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -29,7 +31,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json
                    "sentencepiece.bpe.model")
 
 
-class BackboneNotFoundError(FileNotFoundError):
+class BackboneNotFoundError(MissingFileError):
     """The model named by backbone.model_name_or_path could not be found anywhere we looked."""
 
 
@@ -164,7 +166,7 @@ class TinyBackbone:
                  append_eos: bool = True, padding_side: str = "right", dtype: str = "float32",
                  attn_implementation: str = "sdpa") -> None:
         if architecture not in self.ARCHITECTURES:
-            raise ValueError(f"backbone.architecture must be one of {self.ARCHITECTURES}, got {architecture!r}")
+            raise ConfigError(f"backbone.architecture must be one of {self.ARCHITECTURES}, got {architecture!r}")
         self.name = name
         self.architecture = architecture
         self.config_kwargs = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
@@ -218,10 +220,10 @@ def build_backbone(name: str, architecture: str, model_name_or_path: str, append
                                   probe_timeout_s, trust_remote_code, attn_implementation)
     if size == "tiny":
         if not tiny:
-            raise ValueError(f"backbone '{name}' has no tiny configuration (backbone.tiny); use size=full")
+            raise ConfigError(f"backbone '{name}' has no tiny configuration (backbone.tiny); use size=full")
         return TinyBackbone(name, architecture, append_eos=append_eos, padding_side=padding_side,
                             attn_implementation=attn_implementation, **tiny)
-    raise ValueError(f"backbone.size must be 'full' or 'tiny', got {size!r}")
+    raise ConfigError(f"backbone.size must be 'full' or 'tiny', got {size!r}")
 
 
 def add_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str] | str,

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from embed_lm.errors import ConfigError
+
 
 @dataclass
 class TokenizedBatch:
@@ -40,16 +42,16 @@ class TextCollator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, append_eos: bool,
                  padding_side: str = "right", pad_to_multiple_of: int | None = None) -> None:
         if not tokenizer.is_fast:
-            raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer; embed_lm needs a fast one "
+            raise ConfigError(f"{type(tokenizer).__name__} is a slow tokenizer; embed_lm needs a fast one "
                              "(character offsets mark the instruction span)")
         if append_eos and tokenizer.eos_token_id is None:
-            raise ValueError("append_eos=True but the tokenizer has no eos_token; set backbone.append_eos=false "
+            raise ConfigError("append_eos=True but the tokenizer has no eos_token; set backbone.append_eos=false "
                              "for encoder backbones")
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+            raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         min_length = 2 if append_eos else 1
         if max_length < min_length:
-            raise ValueError(f"max_length must be >= {min_length}, got {max_length}")
+            raise ConfigError(f"max_length must be >= {min_length}, got {max_length}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.append_eos = append_eos

@@ -10,8 +10,9 @@ builds a per-text causal mask from the position ids (sdpa, eager, flex_attention
 with loss.micro_batch_tokens) or runs FlashAttention-2's varlen kernel (backbone.attn_implementation=
 flash_attention_2, GPU). No padding is computed. The last hidden states are scattered back to (B, L, D) by the
 attention mask, so every pooling rule reads exactly the tokens it reads in the padded path (tests/test_packing.py).
-Bidirectional encoders (BERT, MiniLM) ignore packed position ids and would attend across texts: the first packed
-batch is checked against the padded path and a backbone that does not honour packing is refused.
+Bidirectional encoders (BERT, MiniLM) ignore packed position ids and would attend across texts: a masked-LM
+architecture is refused before the model loads (check_packing), and the first packed batch is checked against the
+padded path, so any other backbone that does not honour packing is refused too.
 """
 
 from __future__ import annotations
@@ -20,8 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embed_lm.errors import ConfigError
 from embed_lm.model.collator import TokenizedBatch
 from embed_lm.model.pooling import Pooling
+
+
+def check_packing(packing: bool, architecture: str) -> None:
+    """ConfigError for packing=true with a bidirectional encoder (an architecture transformers lists as a masked
+    LM: bert, roberta, mpnet, ...), whose attention ignores packed position ids. Needs no weights."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if packing and architecture in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ConfigError(f"packing=true: backbone.architecture={architecture!r} is a bidirectional encoder; its "
+                          "attention ignores packed position ids and would attend across texts. Use packing=false "
+                          "(and loss.micro_batch_tokens), or a decoder backbone (mistral, llama2)")
 
 
 class TextEncoder(nn.Module):
@@ -71,7 +84,7 @@ class TextEncoder(nn.Module):
             self.train(was_training)
         err = ((packed - padded).norm() / padded.norm().clamp(min=1e-6)).item()
         if err > 1e-2:
-            raise ValueError(f"packing=true: {type(self.backbone).__name__} does not keep packed texts apart "
+            raise ConfigError(f"packing=true: {type(self.backbone).__name__} does not keep packed texts apart "
                              f"(relative difference {err:.3f} between packed and padded hidden states); "
                              "bidirectional encoders ignore packed position ids. Use packing=false (and "
                              "loss.micro_batch_tokens)")

@@ -11,6 +11,8 @@ short-long, long-short, short-short, long-long (asymmetric), sts, bitext (symmet
 
 from __future__ import annotations
 
+from embed_lm.errors import ConfigError
+
 ASYMMETRIC_KINDS = ("short-long", "long-short", "short-short", "long-long")
 SYMMETRIC_KINDS = ("sts", "bitext")
 TASK_KINDS = ASYMMETRIC_KINDS + SYMMETRIC_KINDS
@@ -24,7 +26,7 @@ def default_task(cfg) -> str:
 
 def check_task_kind(kind: str) -> str:
     if kind not in TASK_KINDS:
-        raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASK_KINDS)}")
+        raise ConfigError(f"unknown task kind {kind!r}; expected one of {', '.join(TASK_KINDS)}")
     return kind
 
 

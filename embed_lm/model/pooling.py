@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from embed_lm.errors import ConfigError
+
 
 def last_token_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     L = mask.size(1)
@@ -44,7 +46,7 @@ class Pooling:
 
     def __init__(self, name: str, exclude_instruction: bool = False) -> None:
         if name not in self.FUNCTIONS:
-            raise ValueError(f"unknown pooling {name!r}; choose one of {sorted(self.FUNCTIONS)}")
+            raise ConfigError(f"unknown pooling {name!r}; choose one of {sorted(self.FUNCTIONS)}")
         self.name = name
         self.exclude_instruction = exclude_instruction
         self.fn = self.FUNCTIONS[name]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -28,19 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from embed_lm.config import resolvers as conf_resolvers
-from embed_lm.model.backbone import BackboneNotFoundError
 from embed_lm.inference.embedder import Embedder
-from embed_lm.errors import UserError
+from embed_lm.errors import exit_on_user_error
 from embed_lm.passkey.cache import load_or_generate, task_key
 from embed_lm.passkey.evaluate import evaluate_task
-from embed_lm.passkey.generate import FitError
 from embed_lm.passkey.plot import plot_dir
 from embed_lm.passkey.results import append_row, is_done, read_csv
-from embed_lm.passkey.variants import VariantError, apply_variant, base_model, variant_of
-from embed_lm.inference.runs import RunNotFoundError, load_base, load_run
+from embed_lm.passkey.variants import apply_variant, base_model, variant_of
+from embed_lm.inference.runs import load_base, load_run
 
 log = logging.getLogger("embed_lm.passkey")
-USER_ERRORS = (UserError, BackboneNotFoundError, RunNotFoundError, FitError, VariantError, FileNotFoundError)
 _LOADED: dict[str, Embedder] = {}  # one model per process: a multirun's jobs re-apply their variant to it
 
 
@@ -149,13 +145,7 @@ def run_passkey(cfg: DictConfig) -> list[dict]:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="passkey")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        rows = run_passkey(cfg)
-    except USER_ERRORS as e:  # a message the user can act on; HYDRA_FULL_ERROR=1 shows the traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    rows = exit_on_user_error(run_passkey, cfg)  # a UserError: one line, exit 2
     return sum(r["accuracy"] for r in rows) / len(rows) if rows else None
 
 

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from embed_lm.errors import UserError
 from embed_lm.passkey.generate import Document, Query, Task, generate_task
 
 VERSION = 1  # bump when generate.py changes the documents it makes
@@ -68,10 +69,10 @@ def load_task(path: Path) -> Task:
                     q = row["query"]
                     task.queries.append(Query(q["name"], q["key"], q["positive"], tuple(q["candidates"])))
             except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a passkey task line ({e!r}); delete the file to regenerate"
+                raise UserError(f"{path}:{lineno}: not a passkey task line ({e!r}); delete the file to regenerate"
                                  ) from e
     if task is None:
-        raise ValueError(f"{path} is empty; delete it to regenerate")
+        raise UserError(f"{path} is empty; delete it to regenerate")
     return task
 
 

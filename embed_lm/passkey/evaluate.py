@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from embed_lm.errors import ConfigError
 from embed_lm.inference.embedder import Embedder
 from embed_lm.passkey.generate import Document, Task
 
@@ -46,7 +47,7 @@ def evaluate_task(embedder: Embedder, task: Task, instruction: str, max_tokens: 
     """accuracy, n_correct, n_queries, mean_tokens, seconds and docs_per_s for one length."""
     longest = max(d.n_tokens for d in task.docs)
     if longest > embedder.collator.max_length:
-        raise ValueError(f"documents of {longest} tokens exceed the embedder's max_length "
+        raise ConfigError(f"documents of {longest} tokens exceed the embedder's max_length "
                          f"{embedder.collator.max_length}; load it with max_length >= the longest passkey length")
     start = time.perf_counter()
     doc_emb = embedder.encode_documents(_Texts(task.docs), max_tokens=max_tokens, progress=progress)  # (N, D)

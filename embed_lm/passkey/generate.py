@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from embed_lm.errors import ConfigError, UserError
+
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "{name}'s pass key is {key}. Remember it. {key} is the pass key for {name}."
 QUERY = "what is the pass key for {name}?"
@@ -36,7 +38,7 @@ SCHEMES = ("per_query", "shared")
 _UNIT = FILLER + " "
 
 
-class FitError(ValueError):
+class FitError(UserError, ValueError):
     """A document could not be brought within the length tolerance."""
 
 
@@ -111,10 +113,10 @@ def _names() -> tuple[tuple[str, ...], tuple[str, ...]]:
 def draw_people(rng: random.Random, n: int, key_digits: int) -> list[tuple[str, str]]:
     """n (unique name, key) pairs."""
     if key_digits < 1:
-        raise ValueError(f"key_digits must be >= 1, got {key_digits}")
+        raise ConfigError(f"key_digits must be >= 1, got {key_digits}")
     first, last = _names()
     if n > len(first) * len(last) // 2:
-        raise ValueError(f"{n} candidates is more than the name lists can keep unique")
+        raise ConfigError(f"{n} candidates is more than the name lists can keep unique")
     names: dict[str, None] = {}
     while len(names) < n:
         names.setdefault(f"{rng.choice(first)} {rng.choice(last)}")
@@ -182,9 +184,9 @@ def generate_task(tokenizer, length: int, n_queries: int = 50, n_candidates: int
                   progress: Callable[[int], object] | None = None) -> Task:
     """The task for one length; `progress(n)` is called after each n documents are fitted."""
     if scheme not in SCHEMES:
-        raise ValueError(f"passkey scheme must be one of {SCHEMES}, got {scheme!r}")
+        raise ConfigError(f"passkey scheme must be one of {SCHEMES}, got {scheme!r}")
     if scheme == "shared" and n_queries > n_candidates:
-        raise ValueError(f"scheme=shared asks about distinct people of one candidate set: n_queries ({n_queries}) "
+        raise ConfigError(f"scheme=shared asks about distinct people of one candidate set: n_queries ({n_queries}) "
                          f"must be <= n_candidates ({n_candidates})")
     rng = random.Random(f"passkey/{seed}/{length}/{scheme}")
     fitter = Fitter(tokenizer, length, append_eos, tolerance)

@@ -14,6 +14,8 @@ import csv
 import math
 from pathlib import Path
 
+from embed_lm.errors import MissingFileError, exit_on_user_error
+from embed_lm.inference.cli import KeyValueParser
 from embed_lm.passkey.results import FIELDS, read_rows
 
 
@@ -74,16 +76,16 @@ def plot_dir(root: Path, out: Path | None = None) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeyValueParser(prog="python -m embed_lm.passkey.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a passkey study folder (or one results.csv)")
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default <dir>/passkey.png)")
     args = parser.parse_args(argv)
     root = args.dir.parent if args.dir.is_file() else args.dir
     path = plot_dir(args.dir, args.out or root / "passkey.png")
     if path is None:
-        raise SystemExit(f"error: no results.csv under {args.dir}; run python -m embed_lm.passkey first")
+        raise MissingFileError(f"no results.csv under {args.dir}; run python -m embed_lm.passkey first")
     print(f"wrote {path} and {path.with_suffix('.csv')}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a UserError: one line, exit 2

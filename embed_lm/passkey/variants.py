@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from embed_lm.errors import UserError
+
 SLIDING_WINDOW_MODELS = ("mistral", "mixtral")  # model types whose attention reads config.sliding_window
 
 
-class VariantError(ValueError):
+class VariantError(UserError, ValueError):
     """The variant cannot apply to this model."""
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from embed_lm.config import resolvers as conf_resolvers
+from embed_lm.config import resolvers as conf_resolvers, validate
+from embed_lm.errors import exit_on_user_error
 from embed_lm.plan.estimate import largest_chunk, plan_step
 from embed_lm.plan.shapes import shape_of
 from embed_lm.plan.sharding import strategy_key
@@ -39,6 +40,7 @@ def gathers_across_devices(cfg: DictConfig, devices: int) -> bool:
 
 
 def plan(cfg: DictConfig) -> dict:
+    validate.check_train(cfg)  # the training options in range (a bad one: one line, exit 2)
     shape = shape_of(cfg.backbone)
     devices = devices_of(cfg)
     strategy = strategy_key(strategy_name(cfg.trainer.get("strategy")))
@@ -79,7 +81,7 @@ def plan(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="plan")
 def main(cfg: DictConfig) -> None:
-    plan(cfg)
+    exit_on_user_error(plan, cfg)  # a UserError: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ config.json, or the published shapes of the paper's two backbones."""
 
 from __future__ import annotations
 
+from embed_lm.errors import ConfigError
 from embed_lm.plan.estimate import Shape
 
 KNOWN = {  # published configs (config.json of each hub repo)
@@ -26,5 +27,5 @@ def shape_of(backbone_cfg) -> Shape:
     except (OSError, ValueError, AttributeError):
         if name in KNOWN:
             return KNOWN[name]
-        raise ValueError(f"no config for backbone {name!r}: not cached, not a local directory, not one of "
+        raise ConfigError(f"no config for backbone {name!r}: not cached, not a local directory, not one of "
                          f"{sorted(KNOWN)}; point backbone.model_name_or_path at a model folder") from None

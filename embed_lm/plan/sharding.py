@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from embed_lm.errors import ConfigError
+
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 ADAM_BYTES = 8  # two fp32 moments per trainable parameter
 DEEPSPEED_OPTIM_BYTES = 12  # DeepSpeed keeps an fp32 master copy as well
@@ -72,7 +74,7 @@ def strategy_key(name: str) -> str:
 def state_bytes(strategy: str, frozen: int, trainable: int, devices: int, frozen_bytes: int,
                 largest_layer_bytes: float = 0.0) -> StateBytes:
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     W = devices
     params = frozen * frozen_bytes + 4 * trainable
     optim = DEEPSPEED_OPTIM_BYTES if strategy.startswith("zero") else ADAM_BYTES

@@ -20,17 +20,14 @@ import os
 import sys
 
 import hydra
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from embed_lm.synth.generators import GeneratorError
+from embed_lm.errors import TRACEBACK_ENV, USER_ERROR_EXIT, one_line, user_error_of
 from embed_lm.synth.pipeline import Plan, SynthError, dry_run, run
-from embed_lm.synth.store import StoreError
 from embed_lm.synth.summary import format_summary
 
 log = logging.getLogger("embed_lm.synth")
-USER_ERRORS = (GeneratorError, SynthError, StoreError, ValueError)
 
 
 def synth(cfg: DictConfig) -> dict | None:
@@ -43,12 +40,7 @@ def synth(cfg: DictConfig) -> dict | None:
     if OmegaConf.is_missing(cfg, "model"):
         raise SynthError("name the model: model=<name> (generator=openai: a model the server serves; "
                          "generator=hf_local: a local folder)")
-    try:
-        generator = instantiate(cfg.generator)
-    except InstantiationException as e:  # show our message (missing key or model path), not Hydra's wrapping
-        if isinstance(e.__cause__, GeneratorError):
-            raise e.__cause__ from None
-        raise
+    generator = instantiate(cfg.generator)  # a refusal inside (missing key or model path): one line
     log.info("generator %s -> %s", generator.describe(), cfg.out)
     factor = getattr(generator, "price_factor", 1.0)  # openai_batch: the Batch API's discount
     summary = run(generator, cfg.out, plan, concurrency=cfg.concurrency,
@@ -74,13 +66,15 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         synth(cfg)
-    except USER_ERRORS as e:  # a message the user can act on; HYDRA_FULL_ERROR=1 shows the traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:  # a UserError: one line; EMBED_LM_TRACEBACK=1 / HYDRA_FULL_ERROR=1 show the traceback
+        user = user_error_of(e)
+        if user is None or any(os.environ.get(name) == "1" for name in TRACEBACK_ENV):
             raise
-        if getattr(e, "summary", None):  # the run stopped or nothing succeeded: what was done and what failed
-            print(f"\n{format_summary(e.summary)}")
-        print(f"error: {e}", file=sys.stderr)
-        leave(1 if getattr(e, "summary", None) else 2)
+        summary = getattr(user, "summary", None)  # the run stopped or nothing succeeded: what was done and failed
+        if summary:
+            print(f"\n{format_summary(summary)}")
+        print(f"error: {one_line(user)}", file=sys.stderr)
+        leave(1 if summary else USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to resume into {cfg.out}", file=sys.stderr)
         leave(130)

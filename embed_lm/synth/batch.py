@@ -25,13 +25,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from embed_lm.synth.generators import Completion, api_key, check_structured_output
+from embed_lm.errors import ConfigError
+from embed_lm.synth.generators import Completion, GeneratorError, api_key, check_structured_output
 from embed_lm.synth.prompts import Request
 from embed_lm.synth.schemas import response_format
+from embed_lm.synth.store import StoreError
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+LEDGER_KEYS = {"uploaded": ("step", "input_file_id", "input"), "created": ("step", "batch_id", "input_file_id", "input"),
+               "collected": ("batch_id",)}  # what each event must hold
 
 
 class BatchRequestFailed(RuntimeError):
@@ -40,14 +44,34 @@ class BatchRequestFailed(RuntimeError):
         self.reason = reason
 
 
+def read_ledger(path: Path) -> list[dict]:
+    """The events of a ledger file; a damaged line (a torn write, an edit) is a StoreError naming file:line."""
+    events = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            event = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            problem = f"not JSON ({e})"
+        else:
+            kind = event.get("event") if isinstance(event, dict) else None
+            missing = [k for k in LEDGER_KEYS[kind] if k not in event] if kind in LEDGER_KEYS else ["a known event"]
+            problem = f"not a ledger event (missing {', '.join(missing)})" if missing else None
+        if problem:
+            raise StoreError(f"{path}:{lineno}: {problem}; fix or delete that line and rerun the same command "
+                             "(a batch whose 'created' line is lost is looked up again by its uploaded file)")
+        events.append(event)
+    return events
+
+
 class Ledger:
     """<out>/batches/ledger.jsonl: {"event": "uploaded"|"created"|"collected", ...} lines, fsynced one by one."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.path = folder / "ledger.jsonl"
-        self.events = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()] \
-            if self.path.is_file() else []
+        self.events = read_ledger(self.path) if self.path.is_file() else []
 
     def add(self, **event) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -84,8 +108,9 @@ class OpenAIBatchGenerator:
         import openai
 
         if not 1 <= max_requests_per_batch <= 50_000:
-            raise ValueError("generator.max_requests_per_batch must be in 1..50000 (the Batch API's limit), got "
+            raise ConfigError("generator.max_requests_per_batch must be in 1..50000 (the Batch API's limit), got "
                              f"{max_requests_per_batch}")
+        self.api_key_env = api_key_env
         self.client = openai.OpenAI(api_key=api_key(api_key_env, "openai_batch"), base_url=base_url,
                                     max_retries=max_retries, timeout=timeout)
         self.model, self.base_url = model, str(self.client.base_url).rstrip("/")
@@ -107,8 +132,25 @@ class OpenAIBatchGenerator:
     def run_step(self, step: str, requests: list[Request], out: Path, is_done: Callable[[str], bool],
                  answered: Callable[[Request, Completion], None], failed: Callable[[Request, Exception], None]) -> None:
         """Send `requests` (not yet done) as batches, or pick up the step's batches of an earlier run; hand every
-        answer to `answered` and every failed line to `failed`."""
+        answer to `answered` and every failed line to `failed`. An unreachable server or a refused key stops the
+        run with a GeneratorError naming the server; what was recorded in the ledger resumes on the next run."""
+        import openai
+
         ledger = Ledger(out / "batches")
+        try:
+            self._run_step(ledger, step, requests, is_done, answered, failed)
+        except openai.APIConnectionError as e:  # refused, unresolvable or timed out, after the client's retries
+            raise GeneratorError(f"generator=openai_batch: cannot reach {self.base_url} ({type(e).__name__}: {e}); "
+                                 "check generator.base_url and the network, then rerun the same command (batches "
+                                 f"already created resume from {ledger.path})") from e
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            raise GeneratorError(f"{self.base_url} answered HTTP {e.status_code} ({type(e).__name__}): check the "
+                                 f"key in ${self.api_key_env}, the model name (model=...) and generator.base_url"
+                                 ) from e
+
+    def _run_step(self, ledger: Ledger, step: str, requests: list[Request], is_done: Callable[[str], bool],
+                  answered: Callable[[Request, Completion], None], failed: Callable[[Request, Exception], None]
+                  ) -> None:
         by_id = {r.id: r for r in requests}
         waiting = ledger.open_batches(step)
         for file_id, name in ledger.orphans(step).items():

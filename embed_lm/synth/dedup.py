@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from embed_lm.errors import ConfigError
+
 WORD = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = frozenset("""a an the and or but of for to in on at by with from into about as is are be been being that
 this these those it its their them they which who whom whose what when where how than then there such each any all
@@ -47,7 +49,7 @@ def dedup_tasks(tasks: list[str], threshold: float = 0.7, num_perm: int = 128) -
     from datasketch import MinHash, MinHashLSH
 
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"task_dedup_threshold must be in (0, 1], got {threshold}")
+        raise ConfigError(f"task_dedup_threshold must be in (0, 1], got {threshold}")
     tasks = list(dict.fromkeys(tasks))
     sets = [content_words(t) for t in tasks]
     hashes = MinHash.bulk([[w.encode() for w in s] for s in sets], num_perm=num_perm, seed=1)

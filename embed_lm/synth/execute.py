@@ -25,6 +25,7 @@ from itertools import islice
 
 from tqdm.auto import tqdm
 
+from embed_lm.errors import UserError
 from embed_lm.synth.generators import Completion, GeneratorError
 from embed_lm.synth.prompts import Request
 from embed_lm.synth.schemas import response_format
@@ -32,7 +33,7 @@ from embed_lm.synth.schemas import response_format
 log = logging.getLogger(__name__)
 
 
-class SynthError(RuntimeError):
+class SynthError(UserError, RuntimeError):
     """The run cannot go on (server down, nothing succeeded); `summary` is what was written before stopping."""
 
     def __init__(self, message: str, summary: dict | None = None) -> None:

@@ -24,12 +24,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from embed_lm.errors import ConfigError, UserError
 from embed_lm.synth.ratelimit import RateLimiter, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
 
-class GeneratorError(RuntimeError):
+class GeneratorError(UserError, RuntimeError):
     """A configuration problem no retry fixes (no key, rejected key, unknown model, missing path): stop the run."""
 
 
@@ -53,7 +54,7 @@ def api_key(api_key_env: str, generator: str) -> str:
 
 def check_structured_output(value: str | bool) -> str | bool:
     if value not in ("auto", True, False):
-        raise ValueError(f"generator.structured_output must be auto, true or false; got {value!r}")
+        raise ConfigError(f"generator.structured_output must be auto, true or false; got {value!r}")
     return value
 
 
@@ -159,7 +160,7 @@ class HFLocalGenerator:
             raise GeneratorError(f"generator=hf_local: no transformers model at {path} (no config.json there); "
                                  "point model=/path/to/a/causal-lm folder, e.g. a local copy of an instruct model")
         if batch_size < 1:
-            raise ValueError(f"generator.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"generator.batch_size must be >= 1, got {batch_size}")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from embed_lm.errors import ConfigError
 from embed_lm.model.instructions import ASYMMETRIC_KINDS, TASK_KINDS, check_task_kind
 from embed_lm.synth.dedup import dedup_tasks
 from embed_lm.synth.execute import Outcomes, RunStats, SynthError, execute, execute_batched
@@ -51,9 +52,9 @@ class Plan:
         for kind in self.kinds:
             check_task_kind(kind)
         if min(self.n_tasks, self.n_examples) < 0 or self.tasks_per_request < 1:
-            raise ValueError(f"need n_tasks >= 0, n_examples >= 0, tasks_per_request >= 1; got {self}")
+            raise ConfigError(f"need n_tasks >= 0, n_examples >= 0, tasks_per_request >= 1; got {self}")
         if self.task_dedup_threshold is not None and not 0 < self.task_dedup_threshold <= 1:
-            raise ValueError(f"task_dedup_threshold must be in (0, 1] or null, got {self.task_dedup_threshold}")
+            raise ConfigError(f"task_dedup_threshold must be in (0, 1] or null, got {self.task_dedup_threshold}")
 
     @property
     def asymmetric(self) -> list[str]:

@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from embed_lm.errors import ConfigError
+
 
 def retry_after_seconds(headers) -> float | None:
     """Seconds from a `retry-after-ms` or `retry-after` header (a number of seconds; HTTP dates are ignored)."""
@@ -32,7 +34,7 @@ class RateLimiter:
                  clock: Callable[[], float] = time.monotonic) -> None:
         for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
             if value is not None and value <= 0:
-                raise ValueError(f"generator.{name} must be > 0 or null, got {value}")
+                raise ConfigError(f"generator.{name} must be > 0 or null, got {value}")
         self.rpm, self.tpm, self.clock = requests_per_minute, tokens_per_minute, clock
         self.next_request = self.next_tokens = self.paused_until = float("-inf")
 

@@ -15,12 +15,13 @@ answers = kept + discarded + duplicates. Words are whitespace-separated, so Chin
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from embed_lm.errors import MissingFileError, exit_on_user_error
+from embed_lm.inference.cli import KeyValueParser
 from embed_lm.data.synthetic import FIELDS
 from embed_lm.model.instructions import TASK_KINDS
 from embed_lm.synth.report_tasks import task_markdown, task_section
@@ -198,7 +199,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, seed: int = 
                  max_map_tasks: int = 5000) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no synthesis folder at {folder} (the out=... of python -m embed_lm.synth)")
+        raise MissingFileError(f"no synthesis folder at {folder} (the out=... of python -m embed_lm.synth)")
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     report = collect(folder, seed)
@@ -216,17 +217,15 @@ def write_report(folder: str | Path, out: str | Path | None = None, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m embed_lm.synth.report", description=__doc__.split("\n")[0])
+    parser = KeyValueParser(prog="python -m embed_lm.synth.report", description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="the out=... folder of python -m embed_lm.synth")
     parser.add_argument("--out", default=None, help="where to write the report (default: <folder>/report)")
     parser.add_argument("--seed", type=int, default=0, help="which random examples samples.md shows")
     parser.add_argument("--no-task-map", action="store_true", help="skip embedding the task definitions")
     parser.add_argument("--max-map-tasks", type=int, default=5000, help="task definitions embedded for the map")
     args = parser.parse_args(argv)
-    try:
-        report = write_report(args.folder, args.out, args.seed, not args.no_task_map, args.max_map_tasks)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    report = exit_on_user_error(write_report, args.folder, args.out, args.seed, not args.no_task_map,
+                                args.max_map_tasks)  # a UserError: one line, exit 2
     out = Path(args.out) if args.out else Path(args.folder) / "report"
     print(markdown(report, []).rstrip())
     print(f"\nwrote {out}/report.md, samples.md, report.json, {', '.join(report['images'])}")

@@ -20,6 +20,7 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from embed_lm.errors import UserError
 from embed_lm.data.synthetic import FIELDS
 from embed_lm.model.instructions import TASK_KINDS
 
@@ -29,7 +30,7 @@ TASKS_DIR = "tasks"
 SUMMARY = "summary.json"
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     pass
 
 
@@ -90,7 +91,7 @@ class OutputStore:
     def _count(self, what: str, record: dict) -> None:
         rid, kind = record["request_id"], record["task_kind"]
         if rid in self.done:
-            raise ValueError(f"request {rid} appears twice")
+            raise StoreError(f"request {rid} appears twice")
         self.done.add(rid)
         meta = record.get("meta") or {}
         self.tokens["prompt"] += meta.get("prompt_tokens", 0)

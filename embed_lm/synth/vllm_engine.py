@@ -13,6 +13,7 @@ reasons come from the engine's RequestOutput. Tested here only against a test do
 
 from __future__ import annotations
 
+from embed_lm.errors import ConfigError
 from embed_lm.synth.generators import Completion, GeneratorError
 
 
@@ -41,7 +42,7 @@ class VLLMGenerator:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None) -> None:
         if chunk_size < 1:
-            raise ValueError(f"generator.chunk_size must be >= 1, got {chunk_size}")
+            raise ConfigError(f"generator.chunk_size must be >= 1, got {chunk_size}")
         self._vllm = import_vllm()
         self.model, self.chunk_size, self.structured_output = model, chunk_size, structured_output
         self.sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from embed_lm.errors import MissingFileError
 from embed_lm.eval.scores import COLUMNS
 
 ROWS = [  # (ablation row, the paper's label, the paper's Table 4 numbers: 7 categories + Avg)
@@ -104,7 +105,7 @@ def build_table(sweep: Path, released: Path | None = None) -> list[dict]:
     if released is not None:
         path = released / "scores.json"
         if not path.is_file():
-            raise FileNotFoundError(f"--released {released}: no scores.json there; run python -m embed_lm.evaluate "
+            raise MissingFileError(f"--released {released}: no scores.json there; run python -m embed_lm.evaluate "
                                     "run=null backbone=e5_mistral_instruct eval=<the sweep's suite> output_dir=<dir>")
         scores = json.loads(path.read_text())
         ours, base = row_values(scores), row_values(found.get("default", {}).get("scores"))
@@ -215,7 +216,7 @@ def log_wandb(table: list[dict], sweep: Path, png: Path) -> None:
 
 def table4(sweep: Path, use_wandb: bool = True, released: Path | None = None) -> list[dict]:
     if not sweep.is_dir():
-        raise FileNotFoundError(f"no sweep folder at {sweep}; run `make sweep-table4` first (or pass its folder)")
+        raise MissingFileError(f"no sweep folder at {sweep}; run `make sweep-table4` first (or pass its folder)")
     table = build_table(sweep, released)
     command = f"python -m embed_lm.report table4 {sweep}" + (f" --released {released}" if released else "")
     write_markdown(table, sweep / "table4.md", command, sweep_command(sweep))

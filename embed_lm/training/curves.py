@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from embed_lm.errors import MissingFileError
+
 METRICS_CSV = Path("csv") / "metrics.csv"
 CURVES_PNG = "curves.png"
 PANELS = {"train loss": "train/loss", "learning rate": "lr-", "validation nDCG@10": "val/ndcg@10"}  # prefix for lr
@@ -26,7 +28,7 @@ def metrics_csv(run: str | Path) -> Path:
     path = Path(run)
     found = path if path.suffix == ".csv" else path / METRICS_CSV
     if not found.is_file():
-        raise FileNotFoundError(f"no metrics file at {found}: pass a run folder written by python -m embed_lm.train "
+        raise MissingFileError(f"no metrics file at {found}: pass a run folder written by python -m embed_lm.train "
                                 "with the csv logger (logger=csv or logger=wandb), or its metrics.csv")
     return found
 

@@ -37,8 +37,10 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+from embed_lm.errors import ConfigError
 
-class IncompatibleSetupError(ValueError):
+
+class IncompatibleSetupError(ConfigError):
     pass
 
 
@@ -186,7 +188,7 @@ def deepspeed(stage: int, gradient_clipping: float | None = 1.0, param_persisten
     param_persistence_threshold: ZeRO-3 keeps parameters smaller than this gathered (DeepSpeed's default 1e5
     exceeds every weight of a tiny model: the tests set 0 so that partitioning is real)."""
     if stage not in (2, 3):
-        raise ValueError(f"trainer.strategy.stage must be 2 or 3 (DeepSpeed ZeRO), got {stage}")
+        raise ConfigError(f"trainer.strategy.stage must be 2 or 3 (DeepSpeed ZeRO), got {stage}")
     zero: dict = {"stage": stage}
     if param_persistence_threshold is not None:
         zero["stage3_param_persistence_threshold"] = param_persistence_threshold
