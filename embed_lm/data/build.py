@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out or Path(os.environ.get("EMBED_LM_DATA", "data")) / args.set
-    counts = exit_on_user_error(build, args.set, out.expanduser(), args.source, errors=(UserError, DataFormatError))
+    counts = exit_on_user_error(build, args.set, out.expanduser(), args.source)
     print(f"{args.set}: {counts['qrels']} train pairs, {counts['queries']} queries, {counts['documents']} documents "
           f"-> {out} (data=full reads it as data.sources.{args.set}.local)")
 
