@@ -39,8 +39,9 @@ def sample_texts(n: int) -> list[str]:
     for path in sorted((SAMPLE / "train" / "synthetic").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            for key in ("user_query", "positive_document", "hard_negative_document"):
-                seen.setdefault(row[key], None)
+            for key in ("user_query", "positive_document", "hard_negative_document", "input_text", "label"):
+                if key in row:  # short_long rows hold a query and documents, long_short rows a text and label
+                    seen.setdefault(row[key], None)
     for pattern in ("collection*.tsv", "queries*.tsv"):
         for path in sorted((SAMPLE / "train" / "msmarco").glob(pattern)):
             for line in path.read_text().splitlines():
