@@ -12,12 +12,14 @@ the embeddings back in input order, so the loss and its gradients equal one padd
     python -m embed_lm.train loss.micro_batch_tokens=null                     # one padded pass
     python -m embed_lm.train loss=cached_infonce loss.mini_batch_size=32      # the cached loss sorts its chunks
 
-`tokens: auto` (the default of loss.micro_batch_tokens and loss.mini_batch_tokens) is AUTO_TOKENS[device type]:
-CPU 1024: on all-MiniLM-L6-v2 with LoRA (2 cores) a plain-loss step over 1024-token chunks takes less CPU time
-than over larger ones (the activations stay in cache) and than over smaller ones (per-pass overhead); measured by
-`python benchmarks/token_budget.py`, figures in docs/speed.md. GPU 16384: enough rows per pass to fill a GPU's
-matrix units for 7B shapes (a 4096 x 4096 weight on 16384 rows) while the activations of one pass stay a small
-part of the memory; not measured on a GPU (none lent), `python benchmarks/token_budget.py --device cuda` does.
+`tokens: auto` (the default of loss.micro_batch_tokens and loss.mini_batch_tokens) is AUTO_TOKENS[device type].
+CPU 1024, measured with `python benchmarks/token_budget.py` (all-MiniLM-L6-v2 LoRA, 16 real triplets, 1 thread,
+CPU seconds per step on the loaded 2-core dev machine, 2026-12-03): budget 512: 8.0 s (2,933 positions), 1024:
+8.7 s (3,277), 2048: 10.3 s (4,017), one padded pass: 18.2 s (6,096). The time follows the positions computed
+(2.6-2.7 ms each in chunks, 3.0 ms in the padded pass); 1024 is within noise of 512 and keeps several 256-token rows
+a pass. GPU 16384: not measured (no GPU lent to this project's sessions); chosen so that a pass of 7B shapes has
+16384 rows per matrix product (GPU matrix units are far from full below a few thousand) while one pass's
+activations stay a small part of the memory; `python benchmarks/token_budget.py --device cuda` measures it.
 
 Trimming keeps the columns where any row of the chunk has a real token, which works for left and right padding
 alike; the encoder derives position ids from the mask, so a row's positions (and embedding) do not change.
