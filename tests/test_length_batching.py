@@ -6,7 +6,8 @@ import torch
 
 from conftest import compose_train
 from embed_lm.model.collator import TokenizedBatch
-from embed_lm.model.length_batching import chunked_positions, embed_by_length, length_chunks, trim
+from embed_lm.model import length_batching
+from embed_lm.model.length_batching import AUTO_TOKENS, chunked_positions, embed_by_length, length_chunks, trim
 from embed_lm.train import train
 from embed_lm.training.losses.infonce import InfoNCELoss
 from scale_helpers import batch, lora_grads, tiny_encoder, varied_examples
@@ -35,7 +36,7 @@ def repad(data: TokenizedBatch, side: str, extra: int = 3) -> TokenizedBatch:
 def test_chunks_are_sorted_trimmed_and_cover_every_row_once(side):
     lengths = [3, 9, 1, 7, 7, 2, 5]
     data = padded([[i + 1] * n for i, n in enumerate(lengths)], side)
-    for rows, tokens in ((2, None), (None, 14), (None, None), (3, None)):
+    for rows, tokens in ((2, None), (None, 14), (None, None), (3, None), (2, 14)):
         chunks = length_chunks(data, rows, tokens)
         order = torch.cat([i for i, _ in chunks]).tolist()
         assert sorted(order) == list(range(len(lengths)))
@@ -83,6 +84,24 @@ def test_micro_batches_give_the_padded_pass_loss_and_gradients(data, side, rows,
     reference = plain_step(tiny_encoder(), data)
     assert_same(plain_step(tiny_encoder(), data, rows, tokens), reference)
     assert chunked_positions(data["documents"], rows, tokens) < data["documents"].input_ids.numel()
+
+
+def test_auto_budget_is_the_default_and_gives_the_padded_pass(data, monkeypatch, tmp_path):
+    """loss=infonce embeds in token-budget micro-batches by default (auto: the device's budget); null = one pass."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train([], tmp_path)
+    assert cfg.loss.micro_batch_tokens == "auto" and cfg.loss.micro_batch_size is None
+    assert instantiate(cfg.loss).micro_batch_tokens == "auto"
+    assert length_batching.token_budget("auto", "cpu") == AUTO_TOKENS["cpu"]
+    assert length_batching.token_budget("auto", "cuda:1") == AUTO_TOKENS["cuda"]
+    assert length_batching.token_budget(None, "cpu") is None  # loss.micro_batch_tokens=null: one padded pass
+    with pytest.raises(ValueError, match="auto or null"):
+        length_batching.token_budget("fast", "cpu")
+    monkeypatch.setitem(AUTO_TOKENS, "cpu", 64)  # this batch is small: a budget that cuts it into several passes
+    assert len(length_chunks(data["documents"], None, "auto")) > 2
+    assert chunked_positions(data["documents"], None, "auto") == chunked_positions(data["documents"], None, 64)
+    assert_same(plain_step(tiny_encoder(), data, None, "auto"), plain_step(tiny_encoder(), data))
 
 
 @pytest.mark.parametrize("architecture,pooling,side,tokens", [("mistral", "last_token", "left", None),

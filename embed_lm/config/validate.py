@@ -31,7 +31,7 @@ from embed_lm.model.registry import PARTS
 @dataclass(frozen=True)
 class Rule:
     key: str  # dotted option; "*" matches every key (or list index) at that level: data.sources.*.ratio
-    kind: str  # int | number | bool | str | choice | files | dir
+    kind: str  # int | number | bool | str | choice | files | dir | tokens (an int or "auto")
     min: float | None = None
     max: float | None = None
     min_open: bool = False  # True: min itself is not allowed
@@ -48,7 +48,8 @@ class Rule:
             text = "an existing, readable file (a glob or a list of globs)" if self.kind == "files" else \
                 "an existing folder"
         else:
-            text = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}[self.kind]
+            text = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
+                    "tokens": "auto or an integer"}[self.kind]
             lo = None if self.min is None else f"{'>' if self.min_open else '>='} {self.min:g}"
             hi = None if self.max is None else f"{'<' if self.max_open else '<='} {self.max:g}"
             if lo and hi:
@@ -73,9 +74,11 @@ class Rule:
             return files_problem(value)
         if self.kind == "dir":
             return None if Path(str(value)).expanduser().is_dir() else "no such folder"
-        numeric = (int,) if self.kind == "int" else (int, float)
+        if self.kind == "tokens" and value == "auto":
+            return None
+        numeric = (int,) if self.kind in ("int", "tokens") else (int, float)
         if isinstance(value, bool) or not isinstance(value, numeric):
-            return f"not {'an integer' if self.kind == 'int' else 'a number'}"
+            return f"not {'a number' if self.kind == 'number' else 'an integer'}"
         too_low = self.min is not None and (value <= self.min if self.min_open else value < self.min)
         too_high = self.max is not None and (value >= self.max if self.max_open else value > self.max)
         return "out of range" if too_low or too_high else None
@@ -151,9 +154,11 @@ TRAIN_RULES = [
     Rule("loss.mini_batch_size", "int", min=1, required=False),
     Rule("loss.gather_across_devices", "choice", choices=("auto", True, False), required=False,
          meaning="auto = on when more than one process trains"),
-    Rule("loss.mini_batch_tokens", "int", min=1, nullable=True, required=False),
+    Rule("loss.mini_batch_tokens", "tokens", min=1, nullable=True, required=False,
+         meaning="token positions per pass; auto = chosen from the device"),
     Rule("loss.micro_batch_size", "int", min=1, nullable=True, required=False),
-    Rule("loss.micro_batch_tokens", "int", min=1, nullable=True, required=False),
+    Rule("loss.micro_batch_tokens", "tokens", min=1, nullable=True, required=False,
+         meaning="token positions per pass; auto = chosen from the device"),
     Rule("packing", "bool", required=False),
     Rule("data.pretokenize", "bool", required=False),
     Rule("loss.local_loss", "bool", required=False),

@@ -3,11 +3,15 @@ style. Used by evaluation, encoding, export and the passkey study.
 
     emb = embedder.encode_queries(["how do cats purr"], task="Given a question, retrieve ...")   # (N, D)
     emb = embedder.encode_documents(passages, max_tokens=65536)                                # token budget
+    emb = embedder.encode_documents(passages, max_tokens=None, batch_size=64)                  # 64 texts a batch
 
 Texts are taken longest first (by characters) in windows of ~window_chars characters; each window is tokenized
 once and sorted by exact token count, so a batch of similar lengths wastes almost no padding (sorting by characters
 alone padded the sample data by ~35%). With `max_tokens` a batch holds as many texts as fit the budget at its
-longest text's token count (long documents one or a few at a time). Runs under torch.inference_mode(); returns
+longest text's token count (long documents one or a few at a time); the default, max_tokens="auto", is the
+device's budget (length_batching.AUTO_TOKENS: CPU 1024, GPU 16384): on CPU, all-MiniLM-L6-v2 over 1024-token
+batches took 12% less CPU time than over 32-text batches on the same sorted texts (docs/speed.md); None = batches
+of batch_size texts. Runs under torch.inference_mode(); returns
 float32 L2-normalised embeddings on the CPU in input order.
 
 Sharding over W processes (`shard=(rank, W)`): every rank cuts the same batches and encodes batches rank, rank + W,
@@ -25,7 +29,7 @@ from torch import Tensor
 
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder
-from embed_lm.model.length_batching import length_batches
+from embed_lm.model.length_batching import length_batches, token_budget
 from embed_lm.model.instructions import InstructionStyle
 
 
@@ -58,7 +62,7 @@ class Embedder:
 
     @torch.inference_mode()
     def iter_encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,
-                    max_tokens: int | None = None,
+                    max_tokens: int | str | None = "auto",
                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[list[int], Tensor]]:
         """Yield (indices, embeddings (b, D)) batch by batch, for streaming large inputs to disk.
 
@@ -66,6 +70,7 @@ class Embedder:
         two of its rows) and cut into batches; the windows bound the memory the token ids take. With
         shard=(rank, W) only every W-th batch, from the rank-th, is encoded."""
         rank, world = shard
+        max_tokens = token_budget(max_tokens, self.device)
         for window in self.windows(texts):
             rows = self.collator.tokenize([prefix] * len(window), [texts[i] for i in window])
             for picked in length_batches([len(ids) for ids, _ in rows], batch_size, max_tokens)[rank::world]:
@@ -75,7 +80,7 @@ class Embedder:
                 yield [window[j] for j in picked], emb.float().cpu()
 
     def encode(self, texts: Sequence[str], prefix: str = "", batch_size: int = 64,
-               max_tokens: int | None = None, progress=None) -> Tensor:
+               max_tokens: int | str | None = "auto", progress=None) -> Tensor:
         out: Tensor | None = None
         for idx, emb in self.iter_encode(texts, prefix, batch_size, max_tokens):  # emb (b, D)
             if out is None:

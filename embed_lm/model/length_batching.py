@@ -2,13 +2,24 @@
 
 A training batch is padded to its longest row, so a batch of MS-MARCO-like passages (~80 tokens on average, some
 near 256) runs ~3x the positions it needs. `length_chunks` sorts the rows by real length (attention_mask.sum),
-cuts them into chunks (a row count, or a token budget: rows x the chunk's longest row) and trims each chunk to
-its own longest row; `embed_by_length` embeds the chunks, each with its graph, and puts the embeddings back in
-input order, so the loss and its gradients equal one padded pass (tests/test_length_batching.py), with less
-padding computed:
+cuts them into chunks (at most `rows` rows and at most `tokens` token positions: rows x the chunk's longest row)
+and trims each chunk to its own longest row; `embed_by_length` embeds the chunks, each with its graph, and puts
+the embeddings back in input order, so the loss and its gradients equal one padded pass
+(tests/test_length_batching.py), with less padding computed. Both losses do this by default:
 
-    python -m embed_lm.train loss=infonce loss.micro_batch_tokens=8192        # plain loss, <= 8192 tokens a pass
+    python -m embed_lm.train                                                  # plain loss, tokens=auto
+    python -m embed_lm.train loss.micro_batch_tokens=8192                     # plain loss, <= 8192 tokens a pass
+    python -m embed_lm.train loss.micro_batch_tokens=null                     # one padded pass
     python -m embed_lm.train loss=cached_infonce loss.mini_batch_size=32      # the cached loss sorts its chunks
+
+`tokens: auto` (the default of loss.micro_batch_tokens and loss.mini_batch_tokens) is AUTO_TOKENS[device type].
+CPU 1024, measured with `python benchmarks/token_budget.py` (all-MiniLM-L6-v2 LoRA, 16 real triplets, 1 thread,
+CPU seconds per step on the loaded 2-core dev machine, 2026-12-03): budget 512: 8.0 s (2,933 positions), 1024:
+8.7 s (3,277), 2048: 10.3 s (4,017), one padded pass: 18.2 s (6,096). The time follows the positions computed
+(2.6-2.7 ms each in chunks, 3.0 ms in the padded pass); 1024 is within noise of 512 and keeps several 256-token rows
+a pass. GPU 16384: not measured (no GPU lent to this project's sessions); chosen so that a pass of 7B shapes has
+16384 rows per matrix product (GPU matrix units are far from full below a few thousand) while one pass's
+activations stay a small part of the memory; `python benchmarks/token_budget.py --device cuda` measures it.
 
 Trimming keeps the columns where any row of the chunk has a real token, which works for left and right padding
 alike; the encoder derives position ids from the mask, so a row's positions (and embedding) do not change.
@@ -26,6 +37,18 @@ from torch import Tensor
 from embed_lm.model.collator import TokenizedBatch
 
 
+AUTO_TOKENS = {"cpu": 1024, "cuda": 16384}  # token budget per pass for tokens="auto"; see the module docstring
+
+
+def token_budget(tokens: int | str | None, device: torch.device | str) -> int | None:
+    """A token budget as configured (an int, None, or "auto") -> an int or None for `device`."""
+    if tokens is None or isinstance(tokens, int):
+        return tokens
+    if str(tokens).lower() != "auto":
+        raise ValueError(f"a token budget must be an integer >= 1, auto or null, got {tokens!r}")
+    return AUTO_TOKENS.get(torch.device(device).type, AUTO_TOKENS["cuda"])
+
+
 def real_lengths(batch: TokenizedBatch) -> Tensor:
     return batch.attention_mask.sum(dim=1)  # (B,)
 
@@ -39,25 +62,26 @@ def trim(batch: TokenizedBatch) -> TokenizedBatch:
 
 
 def chunk_sizes(lengths: list[int], rows: int | None = None, tokens: int | None = None) -> list[int]:
-    """Row counts of consecutive chunks over `lengths` sorted longest first: `rows` rows each, or, with `tokens`,
-    as many rows as fit the budget at the chunk's first (longest) row (at least one); neither = one chunk."""
+    """Row counts of consecutive chunks over `lengths` sorted longest first: at most `rows` rows and, with `tokens`,
+    at most as many rows as fit the budget at the chunk's first (longest) row (at least one); neither = one chunk."""
     if rows is not None and rows < 1 or tokens is not None and tokens < 1:
         raise ValueError(f"chunk rows and tokens must be >= 1 (or null), got rows={rows}, tokens={tokens}")
     sizes, start = [], 0
     while start < len(lengths):
+        size = rows if rows is not None else len(lengths)
         if tokens is not None:
-            size = max(1, tokens // max(1, lengths[start]))
-        else:
-            size = rows if rows is not None else len(lengths)
+            size = min(size, max(1, tokens // max(1, lengths[start])))
         size = min(size, len(lengths) - start)
         sizes.append(size)
         start += size
     return sizes
 
 
-def length_chunks(batch: TokenizedBatch, rows: int | None = None, tokens: int | None = None
+def length_chunks(batch: TokenizedBatch, rows: int | None = None, tokens: int | str | None = None
                   ) -> list[tuple[Tensor, TokenizedBatch]]:
-    """(row indices into batch (b,), trimmed chunk (b, l)) pairs, longest rows first; see chunk_sizes."""
+    """(row indices into batch (b,), trimmed chunk (b, l)) pairs, longest rows first; see chunk_sizes
+    (tokens="auto": AUTO_TOKENS for the batch's device)."""
+    tokens = token_budget(tokens, batch.input_ids.device)
     n = real_lengths(batch)  # (B,)
     order = torch.argsort(n, descending=True, stable=True)  # (B,)
     chunks, start = [], 0
@@ -76,14 +100,15 @@ def restore_order(parts: list[Tensor], indices: list[Tensor]) -> Tensor:
 
 
 def embed_by_length(embed: Callable[[TokenizedBatch], Tensor], batch: TokenizedBatch, rows: int | None = None,
-                    tokens: int | None = None) -> Tensor:
+                    tokens: int | str | None = None) -> Tensor:
     """embed(batch) computed as length-sorted, trimmed chunks that keep their graphs; (B, D) in input order."""
     chunks = length_chunks(batch, rows, tokens)
     return restore_order([embed(chunk) for _, chunk in chunks], [idx for idx, _ in chunks])
 
 
-def chunked_positions(batch: TokenizedBatch, rows: int | None = None, tokens: int | None = None) -> int:
+def chunked_positions(batch: TokenizedBatch, rows: int | None = None, tokens: int | str | None = None) -> int:
     """Token positions that length_chunks(batch, rows, tokens) holds: sum of chunk rows x chunk width."""
+    tokens = token_budget(tokens, batch.input_ids.device)
     lengths = sorted(real_lengths(batch).tolist(), reverse=True)
     total, start = 0, 0
     for size in chunk_sizes(lengths, rows, tokens):

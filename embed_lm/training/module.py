@@ -104,14 +104,14 @@ class ContrastiveEncoderModule(L.LightningModule):
             log.info(self.loss_fn.negative_pool(n_queries, n_documents))
         self._pool_logged = True
 
-    def _micro_batches(self) -> tuple[int | None, int | None] | None:
-        """(rows, tokens) of the length-sorted chunks the step embeds, or None for one padded pass."""
+    def _micro_batches(self) -> tuple[int | None, int | str | None] | None:
+        """(rows, tokens) bounds of the length-sorted chunks the step embeds (tokens may be "auto": resolved for the
+        batch's device), or None for one padded pass."""
         if self.cached:
-            return (None, self.loss_fn.mini_batch_tokens) if self.loss_fn.mini_batch_tokens else (
-                self.loss_fn.mini_batch_size, None)
+            return self.loss_fn.mini_batch_size, self.loss_fn.mini_batch_tokens
         rows = getattr(self.loss_fn, "micro_batch_size", None)
         tokens = getattr(self.loss_fn, "micro_batch_tokens", None)
-        return None if rows is None and tokens is None else (None if tokens else rows, tokens)
+        return None if rows is None and tokens is None else (rows, tokens)
 
     def _embed(self, batch: TokenizedBatch) -> Tensor:
         chunks = self._micro_batches()

@@ -2,11 +2,13 @@
 
     python -m embed_lm.train loss=cached_infonce loss.mini_batch_size=32 data.batch_size=2048
     python -m embed_lm.train loss=cached_infonce loss.mini_batch_tokens=8192 data.batch_size=2048  # token budget
+    python -m embed_lm.train loss=cached_infonce loss.mini_batch_tokens=null    # 32-row chunks, no token budget
 
 One training step, for queries (B, L) and documents (M, L):
-0. sort the queries, and apart from them the documents, by real length and cut them into chunks of
-   `mini_batch_size` sequences (or, with `mini_batch_tokens`, as many as fit that many padded tokens), each
-   trimmed to its own longest row (embed_lm/model/length_batching.py): a chunk of short texts runs short;
+0. sort the queries, and apart from them the documents, by real length and cut them into chunks of at most
+   `mini_batch_size` sequences and at most `mini_batch_tokens` padded tokens (default auto: CPU 1024, GPU 16384,
+   length_batching.AUTO_TOKENS), each trimmed to its own longest row (embed_lm/model/length_batching.py): a
+   chunk of short texts runs short;
 1. embed every chunk without a graph, saving the RNG state before each chunk;
 2. put the embeddings back in input order and compute InfoNCELoss (same formula, same cross-device convention)
    on them as leaf tensors, backpropagating to them: g = dL/d embedding, (B, D) and (M, D);
@@ -29,13 +31,14 @@ from torch import Tensor
 
 from embed_lm.model.collator import TokenizedBatch
 from embed_lm.model.length_batching import length_chunks, restore_order
-from embed_lm.training.losses.infonce import InfoNCELoss
+from embed_lm.training.losses.infonce import InfoNCELoss, check_chunking
 
 
-def split_batch(batch: TokenizedBatch, size: int | None, tokens: int | None = None
+def split_batch(batch: TokenizedBatch, size: int | None, tokens: int | str | None = None
                 ) -> list[tuple[Tensor, TokenizedBatch]]:
-    """(row indices (b,), chunk (b, l)) pairs: rows sorted by real length, each chunk trimmed to its longest row."""
-    return length_chunks(batch, None if tokens is not None else size, tokens)
+    """(row indices (b,), chunk (b, l)) pairs: rows sorted by real length, at most `size` rows and `tokens` tokens
+    a chunk, each chunk trimmed to its longest row."""
+    return length_chunks(batch, size, tokens)
 
 
 def rng_state() -> tuple:
@@ -52,17 +55,16 @@ def replayed_rng(state: tuple) -> Iterator[None]:
 
 
 class CachedInfoNCELoss(InfoNCELoss):
-    """`loss/cached_infonce.yaml`: InfoNCELoss + `mini_batch_size` (or `mini_batch_tokens`, which replaces the
-    row count by a budget of padded tokens per chunk), used through `backward_step`."""
+    """`loss/cached_infonce.yaml`: InfoNCELoss + `mini_batch_size` and `mini_batch_tokens` (at most that many rows
+    and padded tokens per chunk; tokens "auto" = a budget for the device), used through `backward_step`."""
 
     def __init__(self, temperature: float = 0.02, mini_batch_size: int = 32,
                  gather_across_devices: bool | str = "auto", local_loss: bool = True,
-                 mini_batch_tokens: int | None = None) -> None:
+                 mini_batch_tokens: int | str | None = None) -> None:
         super().__init__(temperature, gather_across_devices, local_loss)
-        if mini_batch_size < 1:
-            raise ValueError(f"loss.mini_batch_size must be >= 1, got {mini_batch_size}")
-        if mini_batch_tokens is not None and mini_batch_tokens < 1:
-            raise ValueError(f"loss.mini_batch_tokens must be >= 1 or null, got {mini_batch_tokens}")
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+            raise ValueError(f"loss.mini_batch_size must be an integer >= 1, got {mini_batch_size!r}")
+        check_chunking("mini_batch_tokens", mini_batch_tokens, auto=True)
         self.mini_batch_size, self.mini_batch_tokens = mini_batch_size, mini_batch_tokens
 
     def chunks(self, batch: TokenizedBatch) -> list[tuple[Tensor, TokenizedBatch]]:

@@ -23,10 +23,11 @@ from the collator's 64-bit text ids, gathered across ranks exactly as the embedd
     python -m embed_lm.train loss=infonce loss.temperature=0.02 trainer=ddp     # gathers (auto: world size > 1)
     python -m embed_lm.train ... trainer=ddp loss.gather_across_devices=false     # each rank: its own negatives only
 
-`micro_batch_size` / `micro_batch_tokens` (default null: one padded pass) are read by the training step, not by
-the loss: the queries and documents are then embedded as length-sorted micro-batches of that many rows (or that
-many padded tokens), each trimmed to its longest row and keeping its graph (embed_lm/model/length_batching.py).
-The embeddings, loss and gradients equal one padded pass (tested); the padding computed shrinks.
+`micro_batch_size` / `micro_batch_tokens` are read by the training step, not by the loss: the queries and documents
+are embedded as length-sorted micro-batches of at most that many rows and that many padded tokens, each trimmed to
+its longest row and keeping its graph (embed_lm/model/length_batching.py). The default, micro_batch_tokens=auto,
+is a budget chosen from the device (CPU 1024, GPU 16384; length_batching.AUTO_TOKENS); both null = one padded
+pass. The embeddings, loss and gradients equal one padded pass (tested); the padding computed shrinks.
 """
 
 from __future__ import annotations
@@ -71,16 +72,23 @@ def parse_gather(value: bool | str) -> bool | str:
     raise ValueError(f"loss.gather_across_devices must be auto, true or false, got {value!r}")
 
 
+def check_chunking(name: str, value: int | str | None, auto: bool = False) -> None:
+    """loss.<name>: an integer >= 1, null, or (token budgets) auto."""
+    if value is None or auto and str(value).lower() == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"loss.{name} must be an integer >= 1{', auto' if auto else ''} or null, got {value!r}")
+
+
 class InfoNCELoss:
     """Callable config wrapper: `loss/infonce.yaml` -> InfoNCELoss(temperature=0.02, ...)."""
 
     def __init__(self, temperature: float = 0.02, gather_across_devices: bool | str = "auto", local_loss: bool = True,
-                 micro_batch_size: int | None = None, micro_batch_tokens: int | None = None) -> None:
+                 micro_batch_size: int | None = None, micro_batch_tokens: int | str | None = None) -> None:
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        for name, value in (("micro_batch_size", micro_batch_size), ("micro_batch_tokens", micro_batch_tokens)):
-            if value is not None and value < 1:
-                raise ValueError(f"loss.{name} must be >= 1 or null, got {value}")
+        check_chunking("micro_batch_size", micro_batch_size)
+        check_chunking("micro_batch_tokens", micro_batch_tokens, auto=True)
         self.temperature, self.local_loss = temperature, local_loss
         self.gather_setting = parse_gather(gather_across_devices)
         self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
