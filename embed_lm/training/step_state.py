@@ -23,6 +23,7 @@ the cached loss's manual step) cannot be undone: that checkpoint is marked inexa
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import random
 from typing import Any
@@ -62,9 +63,11 @@ def all_ranks(value: Any) -> list[Any]:
     """[value of rank 0, rank 1, ...] (a collective when several processes run; [value] otherwise)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [value]
+    buffer = io.BytesIO()
+    torch.save(value, buffer)  # sent as bytes, read back as data only (tensors inside objects do not unpickle here)
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
+    dist.all_gather_object(out, buffer.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
 class StepState(L.Callback):
