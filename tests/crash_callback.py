@@ -6,6 +6,7 @@ its optimiser step (global_step == step - 1): what a Ctrl-C during a step usuall
 """
 
 import lightning as L
+import torch
 
 EXCEPTIONS = {"RuntimeError": RuntimeError, "KeyboardInterrupt": KeyboardInterrupt}
 
@@ -24,3 +25,11 @@ class CrashAt(L.Callback):
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self.hook == "on_before_backward" and trainer.global_step == self.step - 1:
             self._crash()
+
+
+class DivergeRanks(L.Callback):
+    """Rank r draws r extra numbers from the global torch RNG before each step, so the ranks' random streams (and
+    dropout masks) differ: a resume that restored one rank's RNG state on every rank would change the losses."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        torch.rand(trainer.global_rank)

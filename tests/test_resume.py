@@ -90,9 +90,11 @@ def test_ckpt_path_to_a_folder_that_is_no_checkpoint_is_refused_before_loading(s
     assert not (run / "embedder").exists()
 
 
-def test_deepspeed_checkpoint_folder_goes_through_the_config_check(straight, tmp_path):
-    """A DeepSpeed checkpoint folder (latest + <tag>/mp_rank_00_model_states.pt holding Lightning's state) is read for
-    its config like a .ckpt file: another config is refused."""
+@pytest.mark.parametrize("states", ["mp_rank_00_model_states.pt",  # ZeRO-2
+                                    "zero_pp_rank_0_mp_rank_00_model_states.pt"])  # ZeRO-3
+def test_deepspeed_checkpoint_folder_goes_through_the_config_check(straight, states, tmp_path):
+    """A DeepSpeed checkpoint folder (latest + <tag>/<states> holding Lightning's state) is read for its config like a
+    .ckpt file: another config is refused."""
     from embed_lm.errors import ResumeMismatchError
 
     folder = tmp_path / "last.ckpt"
@@ -100,7 +102,7 @@ def test_deepspeed_checkpoint_folder_goes_through_the_config_check(straight, tmp
     (folder / "latest").write_text("checkpoint")
     state = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     torch.save({k: v for k, v in state.items() if k not in ("state_dict", "optimizer_states")},
-               folder / "checkpoint" / "mp_rank_00_model_states.pt")
+               folder / "checkpoint" / states)
     with pytest.raises(ResumeMismatchError, match=r"lora\.alpha: 32 -> 8"):
         train(compose_train([*BASE, "lora.alpha=8", f"ckpt_path={folder}"], tmp_path / "run"))
 

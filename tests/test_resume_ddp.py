@@ -16,7 +16,8 @@ from conftest import ROOT
 
 RUN = ["backbone=tiny_mistral", "data=sample", "debug=smoke", "trainer=ddp_cpu", "trainer.max_steps=4",
        "test_after_training=false", "logger=csv", "data.dev=null", "data.batch_size=4", "data.max_length=32",
-       "lora.dropout=0.1", "callbacks.model_checkpoint.every_n_train_steps=1"]
+       "lora.dropout=0.1", "callbacks.model_checkpoint.every_n_train_steps=1",
+       "+callbacks.diverge._target_=crash_callback.DivergeRanks"]  # the ranks' random streams differ
 
 
 def train_cli(out, *extra):

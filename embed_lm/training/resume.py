@@ -84,7 +84,8 @@ def check_same_config(saved: dict | None, now: dict, allow: list[str], what: str
 def checkpoint_record(path: Path) -> dict:
     """What a checkpoint records besides weights: global_step, embed_lm_config, embed_lm_data, embed_lm_resume. Reads
     a .ckpt file (memory-mapped: its tensors stay on disk) or a DeepSpeed checkpoint folder (Lightning's state is in
-    <folder>/<tag>/mp_rank_00_model_states.pt); any other folder is refused (UserError), before a model loads."""
+    <folder>/<tag>/[zero_pp_rank_0_]mp_rank_00_model_states.pt); any other folder is refused (UserError), before a
+    model loads."""
     if not path.is_dir():
         return read_checkpoint(path, mmap=True)
     latest = path / "latest"
@@ -94,10 +95,13 @@ def checkpoint_record(path: Path) -> dict:
         hint = f" (this looks like a run folder: ckpt_path={path / 'checkpoints' / inside[0]})" if inside else ""
         raise UserError(f"ckpt_path={path} is a folder but not a checkpoint (a DeepSpeed checkpoint folder has a "
                         f"`latest` file); pass a .ckpt file or folder from a run's checkpoints/{hint}")
-    state_file = path / latest.read_text().strip() / "mp_rank_00_model_states.pt"
-    if not state_file.is_file():
-        raise UserError(f"ckpt_path={path}: DeepSpeed checkpoint folder without {state_file} (damaged, or written "
-                        "by a run that was killed while saving); pass another checkpoint")
+    tag = path / latest.read_text().strip()  # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: one per rank
+    found = [tag / name for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+             if (tag / name).is_file()]
+    if not found:
+        raise UserError(f"ckpt_path={path}: DeepSpeed checkpoint folder without {tag}/*mp_rank_00_model_states.pt "
+                        "(damaged, or written by a run that was killed while saving); pass another checkpoint")
+    state_file = found[0]
     try:
         with data_only_torch_load():
             return read_checkpoint(state_file, mmap=True, require_state_dict=False)

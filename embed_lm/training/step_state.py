@@ -126,8 +126,9 @@ class StepState(L.Callback):
                 inexact = (f"saved at step {trainer.global_step} between its optimiser step and the end of its "
                            "training step (an interrupt there): its RNG states and loop counters are those of that "
                            "moment")
-        reasons = [r for r in all_ranks(inexact) if r]
-        checkpoint[KEY] = {"rng": all_ranks(rng), "world_size": trainer.world_size,
+        ranks = all_ranks({"rng": rng, "inexact": inexact})  # one collective: every rank saves (dump_checkpoint)
+        reasons = [r["inexact"] for r in ranks if r["inexact"]]
+        checkpoint[KEY] = {"rng": [r["rng"] for r in ranks], "world_size": trainer.world_size,
                            "inexact": reasons[0] if reasons else None}
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
