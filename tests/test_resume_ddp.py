@@ -40,6 +40,8 @@ def runs(tmp_path_factory):
     killed = train_cli(tmp / "run", "+callbacks.crash._target_=crash_callback.CrashAt", "+callbacks.crash.step=3",
                        "+callbacks.crash.hook=on_before_backward")
     assert killed.returncode != 0 and "simulated crash" in killed.stderr, killed.stderr[-3000:]
+    ckpt = tmp / "run" / "checkpoints" / "on_exception.ckpt"  # a finished resume in that folder removes it
+    (tmp / "on_exception.ckpt").write_bytes(ckpt.read_bytes())
     return tmp
 
 
@@ -65,8 +67,10 @@ def test_ddp_run_interrupted_mid_step_resumes_exactly(runs):
 
 @pytest.mark.slow
 def test_resume_on_another_world_size_works_and_says_what_is_not_exact(runs):
-    ckpt = runs / "run" / "checkpoints" / "on_exception.ckpt"
-    one = train_cli(runs / "one", "trainer=cpu", f"ckpt_path={ckpt}")
+    ckpt = runs / "on_exception.ckpt"  # the 2-process run's, saved mid-step 3
+    refused = train_cli(runs / "one", "trainer=cpu", f"ckpt_path={ckpt}")  # a changed config: named, or refused
+    assert refused.returncode == 2 and "trainer.devices: 2 -> 1" in refused.stderr, refused.stderr[-3000:]
+    one = train_cli(runs / "one", "trainer=cpu", f"ckpt_path={ckpt}", "resume.allow_changes=[trainer]")
     assert one.returncode == 0, one.stderr[-3000:]
     assert "written by 2 processes, resumed on 1" in one.stderr
     assert torch.load(runs / "one" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
