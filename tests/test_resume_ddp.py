@@ -1,7 +1,8 @@
 """Exact resume on 2 processes (DDP over gloo, tiny Mistral, LoRA dropout on): a run interrupted inside step 3 (its
 dropout masks drawn on both ranks) and resumed from on_exception.ckpt gives the same per-step losses and the same
-adapter as an uninterrupted run, since every rank's RNG state is saved and restored. The same checkpoint resumed on
-one process works and logs what cannot be exact."""
+adapter as an uninterrupted run, since every rank's RNG state is saved and restored. Resumed on one process, the
+same checkpoint is refused as a config change unless resume.allow_changes names trainer; then it runs and logs what
+cannot be exact."""
 
 import csv
 import os
