@@ -10,6 +10,11 @@ Keys that never change what is trained (output places, logging, evaluation: IGNO
 training length (LENGTH: trainer.max_steps, trainer.max_epochs) may differ and the change is logged: the LR
 schedule then runs to the new total, and the steps already taken stay as they were. Every other key (backbone,
 pooling, lora_rank, data.batch_size, ...) only if named in resume.allow_changes (a prefix names its subtree).
+The checkpoint also records the training data's fingerprint (`embed_lm_data`: content hashes, see
+embed_lm/data/fingerprint.py); a resume on changed data is refused naming the files unless resume.allow_changes
+names `data`. ckpt_path is a .ckpt file or a DeepSpeed checkpoint folder (its config is checked too); any other
+folder is refused in one line before a model loads. Re-running a run folder resumes from the checkpoint with the
+highest recorded global step. Exactness (RNG states, loop counters) is embed_lm/training/step_state.py's.
 Checkpoints are read with torch.load(weights_only=True): data only, a pickled object is refused.
 """
 
