@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from embed_lm.config import resolvers as conf_resolvers, validate
+from embed_lm.data.fingerprint import data_fingerprint
 from embed_lm.errors import ResumeMismatchError, exit_on_user_error
 from embed_lm.model.backbone import LoadedBackbone, add_lora, count_trainable, full_finetune
 from embed_lm.model.collator import TextCollator
@@ -44,7 +45,9 @@ from embed_lm.training.callbacks import SaveEmbedder
 from embed_lm.training.curves import write_run_curves
 from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
 from embed_lm.training.module import ContrastiveEncoderModule
-from embed_lm.training.resume import ResumeGuard, check_same_config, find_resume_checkpoint, recorded_config
+from embed_lm.training.resume import (CONFIG_KEY, DATA_KEY, ResumeGuard, check_same_config, check_same_data,
+                                     checkpoint_record, find_resume_checkpoint)
+from embed_lm.training.step_state import StepState
 from embed_lm.training.strategies import check_setup
 
 log = logging.getLogger("embed_lm.train")
@@ -64,13 +67,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume_from = check_resume(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
     spec, loss_fn, datamodule = check_inputs(cfg)  # seconds: a bad model path or data file fails before loading
+    data = check_resume_data(cfg, resume_from, datamodule)  # the data the checkpoint was trained on, unchanged
     output_dir.mkdir(parents=True, exist_ok=True)
     backbone = spec.load()
     datamodule.collator = TextCollator(backbone.tokenizer, cfg.data.max_length, backbone.append_eos,
                                        backbone.padding_side)
     module = ContrastiveEncoderModule(build_encoder(cfg, backbone), loss_fn, **cfg.optimizer)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = build_trainer(cfg, loggers, output_dir, backbone.tokenizer)
+    trainer = build_trainer(cfg, loggers, output_dir, backbone.tokenizer, data)
 
     has_test = cfg.data.get("test") is not None and (cfg.test_before_training or cfg.test_after_training)
     before = test(trainer, module, datamodule) if has_test and cfg.test_before_training else None
@@ -105,8 +109,18 @@ def check_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
         check_same_config(record["config"], resolved, allow, f"run folder {output_dir} (done.json)")
     resume_from = find_resume_checkpoint(cfg.ckpt_path, output_dir / "checkpoints")
     if resume_from is not None:
-        check_same_config(recorded_config(resume_from), resolved, allow, f"checkpoint {resume_from}")
+        check_same_config(checkpoint_record(resume_from).get(CONFIG_KEY), resolved, allow, f"checkpoint {resume_from}")
     return resume_from
+
+
+def check_resume_data(cfg: DictConfig, resume_from: Path | None, datamodule) -> dict:
+    """The training data's fingerprint (recorded in every checkpoint), after checking that the checkpoint to resume
+    from was trained on the same data (or resume.allow_changes names data)."""
+    data = data_fingerprint(datamodule.sources)
+    if resume_from is not None:
+        allow = list(cfg.get("resume", {}).get("allow_changes") or [])
+        check_same_data(checkpoint_record(resume_from).get(DATA_KEY), data, allow, f"checkpoint {resume_from}")
+    return data
 
 
 def check_inputs(cfg: DictConfig):
@@ -143,16 +157,18 @@ def build_encoder(cfg: DictConfig, backbone: LoadedBackbone) -> TextEncoder:
     return TextEncoder(model, instantiate(cfg.pooling), packing=cfg.get("packing", False))
 
 
-def build_trainer(cfg: DictConfig, loggers: list, output_dir: Path, tokenizer) -> L.Trainer:
+def build_trainer(cfg: DictConfig, loggers: list, output_dir: Path, tokenizer, data: dict | None = None
+                  ) -> L.Trainer:
     """The Lightning Trainer of the `trainer` group, with the configured callbacks plus the embedder writer, the
     CSV history keeper and the resume guard; every logger gets the resolved config as hyperparameters."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks = [StepState(), *(instantiate(c) for c in cfg.callbacks.values() if c is not None)]  # first: it
+    # captures each step's end before any other callback runs (exact resume from on_exception.ckpt)
     if not loggers:  # logger=none: nothing to monitor learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SaveEmbedder(output_dir / "embedder", OmegaConf.to_yaml(cfg, resolve=True), tokenizer))
     if any(isinstance(lg, ResumableCSVLogger) for lg in loggers):
         callbacks.append(KeepCsvHistory())
-    callbacks.append(ResumeGuard(run_record.trained_config(cfg), output_dir / "checkpoints"))
+    callbacks.append(ResumeGuard(run_record.trained_config(cfg), output_dir / "checkpoints", data))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

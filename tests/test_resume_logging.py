@@ -29,7 +29,9 @@ def test_resume_in_the_same_folder_keeps_one_history_and_one_wandb_run(tmp_path)
         train(cfg)
     wandb.finish(exit_code=1)  # what the dying process's exit does
     before = rows(run, "train/loss")
-    assert [s for s, _ in before] == [0, 1, 2]  # step 2's row comes after the checkpoint: it is logged again
+    # the row of the step the crash interrupted (3: step 4's, after its optimiser step) is written at the crash;
+    # rows from step 2 on come after the checkpoint: the resume drops and logs them again
+    assert [s for s, _ in before] == [0, 1, 2, 3]
     run_id = (run / "wandb" / "run_id").read_text().strip()
 
     train(compose_train([*BASE, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run))

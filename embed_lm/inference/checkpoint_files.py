@@ -32,11 +32,11 @@ def clean_name(name: str) -> str:
     return name
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's contents, loaded as data only (tensors and plain values); raises a UserError naming the file
-    when it is damaged, not a checkpoint, or asks to run code."""
+def read_checkpoint(path: str | Path, mmap: bool = False, require_state_dict: bool = True) -> dict:
+    """A checkpoint's contents, loaded as data only (tensors and plain values; mmap=True leaves the tensors on disk
+    until used); raises a UserError naming the file when it is damaged, not a checkpoint, or asks to run code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError as e:
         raise UserError(f"checkpoint {path} does not exist") from e
     except pickle.UnpicklingError as e:
@@ -50,7 +50,7 @@ def read_checkpoint(path: str | Path) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) and "weights_only" not in str(e) else type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint ({reason}); damaged or truncated?") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
+    if not isinstance(state, dict) or (require_state_dict and "state_dict" not in state):
         raise UserError(f"{path}: not an embed_lm checkpoint (no state_dict)")
     return state
 

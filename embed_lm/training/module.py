@@ -11,19 +11,17 @@ Every training step also logs `train/real_tokens` (non-padding tokens of its que
 `train/pad_fraction` (padding share of the token positions its forward passes compute: the padded batch, or the
 length-sorted trimmed chunks of loss.micro_batch_* / the cached loss, or 0 with packing) and
 `train/tokens_per_s` (real tokens / wall time from the step's start to the end of its optimiser step).
-Checkpoints hold only the trainable (LoRA) weights, optimiser and RNG state, so a 7B run's checkpoint is small
-and `ckpt_path=...` resumes exactly.
+Checkpoints hold only the trainable (LoRA) weights and the optimiser state, so a 7B run's checkpoint is small;
+every rank's RNG state and the exact-resume rules are embed_lm/training/step_state.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -54,7 +52,6 @@ class ContrastiveEncoderModule(L.LightningModule):
         self.strict_loading = False  # checkpoints carry only the trainable weights
         self._eval_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._total_steps: int | None = None
-        self._pending_rng: dict | None = None
         self._pool_logged = False
         self.encoder.train()  # from_pretrained returns eval mode; training turns the backbone's dropout on
 
@@ -233,11 +230,6 @@ class ContrastiveEncoderModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable}
-        name, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: loadable with weights_only=True
-        checkpoint["rng"] = {"python": random.getstate(),
-                             "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
-                             "torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "state_dict" in checkpoint:  # absent when the strategy (FSDP, DeepSpeed) has loaded the weights itself
@@ -245,16 +237,3 @@ class ContrastiveEncoderModule(L.LightningModule):
             if missing:
                 raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); was "
                                "it written by a run with the same backbone and lora_rank?")
-        self._pending_rng = checkpoint.get("rng")
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Restore the checkpoint's RNG state just before the first resumed step: creating the dataloader
-        iterators after the restore draws from the global RNG, which would shift dropout masks otherwise."""
-        rng, self._pending_rng = self._pending_rng, None
-        if rng:
-            random.setstate(rng["python"])
-            name, keys, pos, has_gauss, gauss = rng["numpy"]
-            np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])

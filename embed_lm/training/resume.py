@@ -10,6 +10,11 @@ Keys that never change what is trained (output places, logging, evaluation: IGNO
 training length (LENGTH: trainer.max_steps, trainer.max_epochs) may differ and the change is logged: the LR
 schedule then runs to the new total, and the steps already taken stay as they were. Every other key (backbone,
 pooling, lora_rank, data.batch_size, ...) only if named in resume.allow_changes (a prefix names its subtree).
+The checkpoint also records the training data's fingerprint (`embed_lm_data`: content hashes, see
+embed_lm/data/fingerprint.py); a resume on changed data is refused naming the files unless resume.allow_changes
+names `data`. ckpt_path is a .ckpt file or a DeepSpeed checkpoint folder (its config is checked too); any other
+folder is refused in one line before a model loads. Re-running a run folder resumes from the checkpoint with the
+highest recorded global step. Exactness (RNG states, loop counters) is embed_lm/training/step_state.py's.
 Checkpoints are read with torch.load(weights_only=True): data only, a pickled object is refused.
 """
 
@@ -22,12 +27,15 @@ from typing import Any
 import lightning as L
 import torch
 
+from embed_lm.data.fingerprint import data_changes
 from embed_lm.errors import ResumeMismatchError, UserError
-from embed_lm.inference.checkpoint_files import read_checkpoint
+from embed_lm.inference.checkpoint_files import data_only_torch_load, read_checkpoint
+from embed_lm.training.step_state import KEY as STEP_KEY
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "embed_lm_config"
+DATA_KEY = "embed_lm_data"  # the training data's fingerprint (embed_lm/data/fingerprint.py)
 IGNORED = ("paths", "ckpt_path", "logger", "callbacks", "run_name", "resume", "eval", "evaluation",
            "test_before_training", "test_after_training", "data.dev", "data.test", "data.eval_batch_size",
            "data.num_workers", "trainer.log_every_n_steps", "trainer.val_check_interval",
@@ -78,25 +86,77 @@ def check_same_config(saved: dict | None, now: dict, allow: list[str], what: str
         log.warning("%s: continuing with these config changes:\n%s", what, format_diff(diff))
 
 
-def recorded_config(path: Path) -> dict | None:
-    """The config a checkpoint file records (None: none recorded, or a sharded checkpoint folder, which this check
-    cannot read: DeepSpeed/FSDP write one folder per checkpoint)."""
-    if path.is_dir():
-        log.warning("%s is a sharded checkpoint folder: its config is not checked against this run's", path)
-        return {}
-    return read_checkpoint(path).get(CONFIG_KEY)
+def checkpoint_record(path: Path) -> dict:
+    """What a checkpoint records besides weights: global_step, embed_lm_config, embed_lm_data, embed_lm_resume. Reads
+    a .ckpt file (memory-mapped: its tensors stay on disk) or a DeepSpeed checkpoint folder (Lightning's state is in
+    <folder>/<tag>/[zero_pp_rank_0_]mp_rank_00_model_states.pt); any other folder is refused (UserError), before a
+    model loads."""
+    if not path.is_dir():
+        return read_checkpoint(path, mmap=True)
+    latest = path / "latest"
+    if not latest.is_file():
+        inside = sorted(p.name for p in (path / "checkpoints").glob("*.ckpt")) if (path / "checkpoints").is_dir() \
+            else []
+        hint = f" (this looks like a run folder: ckpt_path={path / 'checkpoints' / inside[0]})" if inside else ""
+        raise UserError(f"ckpt_path={path} is a folder but not a checkpoint (a DeepSpeed checkpoint folder has a "
+                        f"`latest` file); pass a .ckpt file or folder from a run's checkpoints/{hint}")
+    tag = path / latest.read_text().strip()  # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: one per rank
+    found = [tag / name for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+             if (tag / name).is_file()]
+    if not found:
+        raise UserError(f"ckpt_path={path}: DeepSpeed checkpoint folder without {tag}/*mp_rank_00_model_states.pt "
+                        "(damaged, or written by a run that was killed while saving); pass another checkpoint")
+    state_file = found[0]
+    try:
+        with data_only_torch_load():
+            return read_checkpoint(state_file, mmap=True, require_state_dict=False)
+    except ImportError as e:
+        raise UserError(f"ckpt_path={path} is a DeepSpeed checkpoint: resuming it needs DeepSpeed "
+                        "(pip install -e '.[deepspeed]')") from e
 
 
 def find_resume_checkpoint(ckpt_path: str | None, checkpoints_dir: Path) -> Path | None:
-    """The checkpoint a run resumes from: ckpt_path if given, else the newest last*.ckpt / on_exception.ckpt of
-    the run folder (re-running a run folder continues it), else None."""
+    """The checkpoint a run resumes from: ckpt_path if given, else the last*.ckpt / on_exception.ckpt of the run
+    folder with the highest recorded global step (re-running a run folder continues it; not the newest file:
+    DeepSpeed rewrites the files inside last.ckpt/ in place), else None."""
     if ckpt_path not in (None, "last"):
         path = Path(ckpt_path).expanduser()
         if not path.exists():
             raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        checkpoint_record(path)  # a folder that is not a checkpoint: refused here, before the model loads
         return path
-    found = [*checkpoints_dir.glob("last*.ckpt"), *checkpoints_dir.glob("on_exception.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    ranked = []
+    for path in [*checkpoints_dir.glob("last*.ckpt"), *checkpoints_dir.glob("on_exception.ckpt")]:
+        try:
+            record = checkpoint_record(path)
+        except UserError as e:  # e.g. truncated by a kill while saving: the others may still serve
+            log.warning("not resuming from %s: %s", path, e)
+            continue
+        exact = not (record.get(STEP_KEY) or {}).get("inexact")
+        ranked.append(((int(record.get("global_step", -1)), exact, path.stat().st_mtime), path))
+    if ranked:
+        best = max(ranked)[1]
+        log.info("resuming from %s (the highest global step of %s)", best, ", ".join(
+            f"{p.name}: {key[0]}" for key, p in sorted(ranked)))
+        return best
+    return None
+
+
+def check_same_data(saved: dict | None, now: dict, allow: list[str], what: str) -> None:
+    """Raise ResumeMismatchError if the training data changed since `saved` (embed_lm/data/fingerprint.py), unless
+    `allow` names `data`."""
+    if saved is None:
+        log.warning("%s records no data fingerprint (written before embed_lm recorded one): cannot check that it was "
+                    "trained on this data", what)
+        return
+    changes = data_changes(saved, now)
+    if changes and "data" not in allow:
+        raise ResumeMismatchError(
+            f"{what} was trained on other data: {'; '.join(changes[:5])}"
+            f"{f' (+{len(changes) - 5} more)' if len(changes) > 5 else ''}. Resuming would apply its data position "
+            "to different data; train into a new folder, or allow it: resume.allow_changes=[data]")
+    if changes:
+        log.warning("%s: continuing on changed data (resume.allow_changes names data): %s", what, "; ".join(changes))
 
 
 class ResumeGuard(L.Callback):
@@ -104,11 +164,13 @@ class ResumeGuard(L.Callback):
     change) optimiser settings to the restored optimiser; saves last.ckpt at the step that reaches max_steps, so a
     run stopped by max_steps is continued mid-epoch (`trainer.max_steps=<more>`), not taken for a finished epoch."""
 
-    def __init__(self, config: dict, checkpoints_dir: Path) -> None:
-        self.config, self.checkpoints_dir = config, Path(checkpoints_dir)
+    def __init__(self, config: dict, checkpoints_dir: Path, data: dict | None = None) -> None:
+        self.config, self.checkpoints_dir, self.data = config, Path(checkpoints_dir), data
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        if self.data is not None:
+            checkpoint[DATA_KEY] = self.data
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         lr = getattr(module, "lr", None)
