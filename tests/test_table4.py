@@ -45,6 +45,13 @@ def test_each_row_changes_exactly_its_factor(row):
     assert changed_keys == {FACTOR[row]}
 
 
+def test_cpu_profile_default_pools_minilm_as_its_authors_do():
+    cfg = compose_config("train", ["experiment=table4_cpu", "ablation=default", "paths.output_dir=/tmp/x"])
+    assert cfg.backbone.name == "minilm" and cfg.pooling.name == cfg.backbone.authors_usage.pooling == "mean"
+    make = (ROOT / "Makefile").read_text()
+    assert "ROWS_cpu := glob(*,exclude=mean_pool)" in make and "SEEDS_cpu := 1,2,3" in make
+
+
 def run(*args, timeout=900):
     out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
