@@ -116,13 +116,15 @@ def check_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
 
 def check_inputs(cfg: DictConfig):
     """(backbone spec, loss, datamodule) with every input checked that can be checked before the weights load:
-    the model path, the loss/strategy combination, every data file."""
+    the model path, the loss/strategy combination, every data file, the backbone's authors_usage options."""
     spec = instantiate(cfg.backbone)
     spec.check()
     loss_fn = instantiate(cfg.loss)
     check_setup(loss_fn, cfg.trainer.get("strategy", "auto"), str(cfg.trainer.precision),
                 cfg.trainer.get("accumulate_grad_batches", 1), full_finetune=cfg.lora_rank.r is None)
     validate.check_train_files(cfg)
+    if cfg.test_before_training and cfg.backbone.get("authors_usage") is not None:  # names a bad option now
+        authors_usage_specs(OmegaConf.to_container(cfg.backbone.authors_usage, resolve=True), CONF_DIR)
     datamodule = instantiate(cfg.data, collator=None, instruction_style=instantiate(cfg.instruction_style),
                              _recursive_=True)
     datamodule.check()  # the collator needs the tokenizer: set once the backbone has loaded

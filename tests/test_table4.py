@@ -1,18 +1,18 @@
-"""The Table 4 study: ablation rows as config overrides, the nine-row multirun, and the report."""
+"""The Table 4 study: ablation rows as config overrides, the multirun (rows x seeds), the report and its statistics."""
 
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-
-from conftest import CONF, ROOT, compose_config
-import numpy as np
 from scipy import stats
 
+from conftest import CONF, ROOT, compose_config
+from test_transfer_splits import tiny_beir
 from embed_lm.table4.report import ROWS, sweep_group, table4
 from embed_lm.table4.stats import Interval, paired_bootstrap, seed_interval, verdict
 
@@ -62,18 +62,20 @@ def run(*args, timeout=900):
 def test_sweep_two_rows_two_seeds_then_the_report(tmp_path):
     """The real multirun with seeds as an axis (2 tiny rows x 2 seeds, debug size), then the report's statistics."""
     sweep = tmp_path / "sweep"
+    split = tiny_beir(tmp_path / "tiny", n_queries=40, n_docs=200)  # a small retrieval task: seconds per job
     tiny = ["-m", "embed_lm.train", "-m", "ablation=tiny_default,llama2", "seed=1,2", "experiment=table4_cpu",
-            f"hydra.sweep.dir={sweep}", "trainer.max_steps=2", "data.max_length=32",
-            "eval.tasks=[DebianSummaryRetrieval]", "logger=csv",
-            "hydra.launcher.n_jobs=1"]  # jobs one after another in this process: no worker start-ups
+            f"hydra.sweep.dir={sweep}", "trainer.max_steps=2", "data.max_length=32", "eval=beir", "eval.tasks=null",
+            f"eval.path={split}", "eval.instruction='Retrieve the description this summary belongs to'",
+            "logger=csv", "hydra.launcher.n_jobs=1"]  # jobs one after another in this process: no worker start-ups
     run(*tiny)
     table = {r["row"]: r for r in table4(sweep, use_wandb=False)}
     assert [r for r in table] == [r[0] for r in ROWS]
     for row in ("tiny_default", "llama2"):
         assert table[row]["status"] == "finished (2 seeds)" and table[row]["ours"][4] is not None
+        assert all((d / "eval" / "beir" / "per_query.json").is_file() for d in table[row]["dirs"])
         assert table[row]["sd"][4] is not None  # the spread over the two seeds
     llama = table["llama2"]
-    assert llama["reference"] == "tiny_default" and llama["seed_ci"].n == 2 and llama["query_ci"].n == 500
+    assert llama["reference"] == "tiny_default" and llama["seed_ci"].n == 2 and llama["query_ci"].n == 40
     assert llama["query_ci"].low <= llama["query_ci"].mean <= llama["query_ci"].high
     assert llama["finding"] in ("agrees", "disagrees", "no significant difference")
     assert sweep_group(sweep) == "table4_cpu"  # the report's W&B run joins the rows' group

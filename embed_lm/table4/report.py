@@ -51,7 +51,8 @@ FACTOR = {"llama2": ("backbone", "llama2"), "msmarco_only": ("data", "msmarco_on
 def find_rows(sweep: Path) -> dict[str, dict[int, dict]]:
     """ablation row -> seed -> {dir, status, scores, per_query, choices, model, wandb}; newest folder wins."""
     found: dict[str, dict[int, dict]] = {}
-    for hydra_yaml in sorted(sweep.glob("*/.hydra/hydra.yaml"), key=lambda p: p.stat().st_mtime):
+    # any depth: an override holding a path (eval.path=/data/x) puts "/" in the job's folder name
+    for hydra_yaml in sorted(sweep.glob("**/.hydra/hydra.yaml"), key=lambda p: p.stat().st_mtime):
         run_dir = hydra_yaml.parent.parent
         choices = yaml.safe_load(hydra_yaml.read_text())["hydra"]["runtime"]["choices"]
         row = choices.get("ablation")
