@@ -30,6 +30,7 @@ def tiny_beir(root, n_queries: int = 12, n_docs: int = 40):
 def test_extra_split_equal_to_main_split_scores_the_same(tmp_path):
     split = tiny_beir(tmp_path / "tiny")
     cfg = compose_train(["experiment=demo", "backbone=tiny_mistral", "pooling=last_token", "debug=smoke",
+                         "instruction_style=natural",  # the instruction is what tells the splits apart
                          "logger=none", "trainer.max_steps=1", "data.dev=null", "data.max_length=32",
                          f"data.test.path={split}", f"data.extra_tests.reworded.path={split}",
                          f"data.extra_tests.pydoc.path={split}", "data.extra_tests.reworded.task=${data.test.task}",
