@@ -9,7 +9,14 @@ export TOKENIZERS_PARALLELISM ?= false
 PROFILE ?= paper
 SWEEP_DIR ?= sweeps/table4/$(PROFILE)
 ROWS_paper := glob(*,exclude=tiny_default)# tiny_default: the CPU profile's reference for its tiny llama2 row
-ROWS_cpu := glob(*)
+ROWS_cpu := glob(*,exclude=mean_pool)# the CPU profile's default pools MiniLM by mean already
+SEEDS_paper := 42# one seed per 7B row (SEEDS=1,2,3 for error bars)
+SEEDS_cpu := 1,2,3
+SEEDS ?= $(SEEDS_$(PROFILE))
+# the untrained base model as its authors use it, on the profile's suite: the report's "base" row
+BASE_paper := backbone=mistral pooling=last_token instruction_style=natural eval=mteb_en
+BASE_cpu := backbone=minilm pooling=mean instruction_style=none eval=local max_length=64 \
+	'eval.tasks=[DebianSummaryRetrieval,DebianSectionClustering]'
 PASSKEY_VARIANTS := window4k_base1e4,window32k_base1e4,window32k_base1e5,window32k_base1e6
 
 help: ## list the targets
@@ -38,9 +45,11 @@ train-tiny: install ## a few steps on the tiny random-init Mistral (smoke run)
 passkey: install ## passkey retrieval (paper Fig. 5): the 4 variants as one multirun + one plot; ARGS="run=<run dir>"
 	$(BIN)/python -m embed_lm.passkey -m passkey_variant=$(PASSKEY_VARIANTS) $(ARGS)
 
-sweep-table4: install ## the paper's Table 4 as one multirun + report; PROFILE=paper (7B, MTEB) | cpu (tiny, local suite)
-	$(BIN)/python -m embed_lm.train -m 'ablation=$(ROWS_$(PROFILE))' experiment=table4_$(PROFILE) hydra.sweep.dir=$(SWEEP_DIR) \
-		$(ARGS); status=$$?; $(BIN)/python -m embed_lm.report table4 $(SWEEP_DIR) && exit $$status
+sweep-table4: install ## the paper's Table 4 (rows x SEEDS) as one multirun + base model + report; PROFILE=paper | cpu
+	$(BIN)/python -m embed_lm.train -m 'ablation=$(ROWS_$(PROFILE))' seed=$(SEEDS) experiment=table4_$(PROFILE) \
+		hydra.sweep.dir=$(SWEEP_DIR) $(ARGS); status=$$?; \
+	$(BIN)/python -m embed_lm.evaluate run=null $(BASE_$(PROFILE)) output_dir=$(SWEEP_DIR)/base wandb.enabled=false \
+		&& $(BIN)/python -m embed_lm.report table4 $(SWEEP_DIR) && exit $$status
 
 table4-report: install ## rebuild table4.md/.csv/.png from the finished rows in SWEEP_DIR (PROFILE=... picks it)
 	$(BIN)/python -m embed_lm.report table4 $(SWEEP_DIR)

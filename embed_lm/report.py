@@ -4,6 +4,7 @@
     python -m embed_lm.report table4 sweeps/table4/cpu          # after: make sweep-table4 PROFILE=cpu
     python -m embed_lm.report runs outputs/train/runs/<a> outputs/train/runs/<b> --out runs.png
     python -m embed_lm.report table4 <sweep> --released outputs/eval/e5_mistral_instruct/local   # + the released model
+    python -m embed_lm.report table4 <sweep> --base <eval dir of the untrained base, as its authors use it>
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     t4.add_argument("--no-wandb", action="store_true")
     t4.add_argument("--released", type=Path, help="an evaluation folder (scores.json) of the released model, "
                     "e.g. from python -m embed_lm.evaluate run=null backbone=e5_mistral_instruct: an extra row")
+    t4.add_argument("--base", type=Path, help="an evaluation folder of the base model as its authors use it (default: "
+                    "<sweep>/base when present; make sweep-table4 writes it): an extra row, with Δ vs the default")
     rs = sub.add_parser("runs", help="training curves of several runs on the same axes")
     rs.add_argument("run_dirs", type=Path, nargs="+", help="run folders (or their csv/metrics.csv)")
     rs.add_argument("--out", type=Path, default=Path("runs.png"), help="the PNG to write (default: runs.png)")
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report == "runs":
         exit_on_user_error(runs, args.run_dirs, args.out)  # a UserError: one line, exit 2
     else:
-        exit_on_user_error(table4, args.sweep, use_wandb=not args.no_wandb, released=args.released)
+        exit_on_user_error(table4, args.sweep, use_wandb=not args.no_wandb, released=args.released, base=args.base)
 
 
 if __name__ == "__main__":

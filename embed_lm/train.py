@@ -40,7 +40,8 @@ from embed_lm.model.backbone import LoadedBackbone, add_lora, count_trainable, f
 from embed_lm.model.collator import TextCollator
 from embed_lm.model.encoder import TextEncoder, check_packing
 from embed_lm.training import run_record
-from embed_lm.training.after_training import evaluate_after_training, format_metrics
+from embed_lm.training.after_training import (USAGE_GROUPS, authors_usage_specs, evaluate_after_training,
+                                              format_metrics, test_as_authors_use_it)
 from embed_lm.training.callbacks import SaveEmbedder
 from embed_lm.training.curves import write_run_curves
 from embed_lm.training.loggers import KeepCsvHistory, ResumableCSVLogger
@@ -51,6 +52,7 @@ from embed_lm.training.step_state import StepState
 from embed_lm.training.strategies import check_setup
 
 log = logging.getLogger("embed_lm.train")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 conf_resolvers.register()
 warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no last checkpoint")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -78,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     has_test = cfg.data.get("test") is not None and (cfg.test_before_training or cfg.test_after_training)
     before = test(trainer, module, datamodule) if has_test and cfg.test_before_training else None
+    base = test_base(cfg, trainer, module, datamodule, before) if before is not None else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     save_last_checkpoint(trainer)
     after = test(trainer, module, datamodule) if has_test and cfg.test_after_training else {
@@ -85,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.global_rank == 0:
         write_run_curves(output_dir)  # csv/curves.png: loss, learning rate, val nDCG@10 against the step
         if has_test:
-            write_test_metrics(output_dir, cfg.data.name, before, after)
+            write_test_metrics(output_dir, cfg.data.name, before, after, base)
     report = None if cfg.get("eval") is None else evaluate_after_training(
         output_dir, OmegaConf.to_container(cfg.eval, resolve=True), OmegaConf.to_container(cfg.evaluation,
         resolve=True), loggers, str(trainer.strategy.root_device), trainer.global_rank,
@@ -126,7 +129,7 @@ def check_resume_data(cfg: DictConfig, resume_from: Path | None, datamodule) -> 
 def check_inputs(cfg: DictConfig):
     """(backbone spec, loss, datamodule) with every input checked that can be checked before the weights load:
     the model path, the loss/strategy and packing/backbone combinations, every data file (its table built: each
-    source has examples, enough for one global batch)."""
+    source has examples, enough for one global batch), the backbone's authors_usage options."""
     spec = instantiate(cfg.backbone)
     spec.check()
     loss_fn = instantiate(cfg.loss)
@@ -134,6 +137,8 @@ def check_inputs(cfg: DictConfig):
                 cfg.trainer.get("accumulate_grad_batches", 1), full_finetune=cfg.lora_rank.r is None)
     check_packing(cfg.get("packing", False), cfg.backbone.architecture)
     validate.check_train_files(cfg)
+    if cfg.test_before_training and cfg.backbone.get("authors_usage") is not None:  # names a bad option now
+        authors_usage_specs(OmegaConf.to_container(cfg.backbone.authors_usage, resolve=True), CONF_DIR)
     datamodule = instantiate(cfg.data, collator=None, instruction_style=instantiate(cfg.instruction_style),
                              _recursive_=True)
     world_size = local_processes(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices", 1)) * int(
@@ -179,6 +184,20 @@ def test(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningD
     return trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
 
+def test_base(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+              before: dict[str, float]) -> dict[str, float] | None:
+    """The test splits on the base model as its authors use it (backbone.authors_usage); `before` when this run
+    already uses that format (no second pass); None for a backbone that does not name its authors' usage."""
+    usage = cfg.backbone.get("authors_usage")
+    if usage is None:
+        return None
+    specs = authors_usage_specs(OmegaConf.to_container(usage, resolve=True), CONF_DIR)
+    if all(OmegaConf.to_container(cfg[g], resolve=True) == specs[g] for g in USAGE_GROUPS):
+        return before
+    log.info("testing the base model as its authors use it too: %s", dict(usage))
+    return test_as_authors_use_it(trainer, module, datamodule, specs)
+
+
 def save_last_checkpoint(trainer: L.Trainer) -> None:
     """last.ckpt with the optimiser state at the end of an epoch-bounded run (a run stopped by max_steps already
     has it: ResumeGuard saved it mid-epoch, so it is not taken for a finished epoch)."""
@@ -187,10 +206,14 @@ def save_last_checkpoint(trainer: L.Trainer) -> None:
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
 
 
-def write_test_metrics(output_dir: Path, data_name: str, before: dict | None, after: dict) -> None:
-    (output_dir / "test_metrics.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
+def write_test_metrics(output_dir: Path, data_name: str, before: dict | None, after: dict,
+                       base: dict | None = None) -> None:
+    """test_metrics.json: base (the base model as its authors use it), before, after, and after - base."""
+    gain = None if base is None else {k: v - base[k] for k, v in after.items() if k in base}
+    (output_dir / "test_metrics.json").write_text(json.dumps({"base": base, "before": before, "after": after,
+                                                              "gain_vs_base": gain}, indent=2))
     print(f"\nHeld-out retrieval ({data_name} test split), run folder {output_dir}:\n"
-          f"{format_metrics(before, after)}\n")
+          f"{format_metrics(before, after, base)}\n")
 
 
 def local_processes(accelerator: str, devices) -> int:

@@ -12,6 +12,7 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 
 from embed_lm.data.beir import BeirSplit
 from embed_lm.eval.local_tasks import retrieval_split, task_metadata
+from embed_lm.eval.per_query import KeepsPerQueryScores
 
 
 def beir_task(path: str | Path, split: str, instruction: str, name: str | None = None) -> AbsTaskRetrieval:
@@ -19,7 +20,7 @@ def beir_task(path: str | Path, split: str, instruction: str, name: str | None =
     spec.check()  # names the missing file now, not deep inside mteb
     task_name = name or Path(path).expanduser().resolve().name
 
-    class BeirFolderRetrieval(AbsTaskRetrieval):
+    class BeirFolderRetrieval(KeepsPerQueryScores, AbsTaskRetrieval):
         metadata = task_metadata(task_name, "Retrieval", "ndcg_at_10", {"query": instruction},
                                  f"BEIR-layout folder {path} (split {split})", path=f"local:{path}")
 

@@ -29,6 +29,7 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.task_metadata import TaskMetadata
 
 from embed_lm.data.records import SkipCounter, read_jsonl
+from embed_lm.eval.per_query import KeepsPerQueryScores
 
 SUMMARY_TASK = "Given a one-line summary of a Debian software package, retrieve the package's full description"
 N_SECTIONS = 8
@@ -93,7 +94,7 @@ class _LocalTask:
         return SampleData(self.sample_dir)
 
 
-class DebianSummaryRetrieval(_LocalTask, AbsTaskRetrieval):
+class DebianSummaryRetrieval(_LocalTask, KeepsPerQueryScores, AbsTaskRetrieval):
     metadata = task_metadata("DebianSummaryRetrieval", "Retrieval", "ndcg_at_10", {"query": SUMMARY_TASK},
                              "Retrieve a Debian package's long description from its one-line summary.")
 
@@ -104,7 +105,7 @@ class DebianSummaryRetrieval(_LocalTask, AbsTaskRetrieval):
         self.data_loaded = True
 
 
-class DebianSummaryReranking(_LocalTask, AbsTaskRetrieval):
+class DebianSummaryReranking(_LocalTask, KeepsPerQueryScores, AbsTaskRetrieval):
     metadata = task_metadata("DebianSummaryReranking", "Reranking", "map_at_1000", {"query": SUMMARY_TASK},
                              "Rerank a summary's description among descriptions from the same archive section.")
 

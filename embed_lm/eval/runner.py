@@ -4,12 +4,14 @@ the evaluation after training (`python -m embed_lm.train ... eval=local`) share.
     report = evaluate_embedder(embedder, "embed_lm/<run>", build_tasks("local"), Path("<run>/eval/local"), "local")
 
 Every rank of a process group calls it: each encodes 1/W of every task's texts (embed_lm/eval/mteb_encoder.py) and
-rank 0 alone writes the mteb cache and scores.{json,csv}. An interrupted evaluation resumes: finished tasks are
+rank 0 alone writes the mteb cache, scores.{json,csv} and per_query.json
+(each retrieval query's main score, for paired comparisons: embed_lm/eval/per_query.py). An interrupted evaluation resumes: finished tasks are
 read back from <out>/mteb_cache (overwrite=True recomputes).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +52,11 @@ def evaluate_embedder(embedder: Embedder, name: str, tasks: list, out: Path, sui
     if rank > 0:
         return summarize(scores) | {"suite": suite, "missing_tasks": missing,
                                     "tasks": [asdict(t) | {"category": t.category} for t in scores]}
+    per_query = {t.metadata.name: t.per_query for t in tasks if getattr(t, "per_query", None)}
+    if per_query:  # retrieval tasks evaluated now (those read back from the cache keep their earlier entry)
+        path = out / "per_query.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps((json.loads(path.read_text()) if path.is_file() else {}) | per_query))
     report = write_scores(out, scores, {"suite": suite, "model": name, "command": command, "missing_tasks": missing,
                                         "instructions": {f"{k[0]}/{k[1]}": v for k, v in model.prefixes_used.items()}})
     if missing:

@@ -208,13 +208,15 @@ def build_backbone(name: str, architecture: str, model_name_or_path: str, append
                    lora_target_modules: list[str] | str, size: str = "full", tiny: dict | None = None,
                    padding_side: str = "right", dtype: str = "auto", probe_timeout_s: float = 3.0,
                    trust_remote_code: bool = False, attn_implementation: str = "sdpa",
-                   max_length: int | None = None) -> PretrainedBackbone | TinyBackbone:
+                   max_length: int | None = None,
+                   authors_usage: dict | None = None) -> PretrainedBackbone | TinyBackbone:
     """What every `backbone/<name>.yaml` builds. size=full: the pretrained model (hub id or local directory);
     size=tiny: a random-init model of the same architecture with the dimensions in `tiny` (CPU tests, smoke runs,
     the CPU profile of the Table 4 sweep: `backbone.size=tiny`). attn_implementation: transformers' name
     (sdpa, eager, flash_attention_2 with `packing=true` for padding-free varlen attention on GPUs). max_length: a
     released embedder's own maximum length, read by runs.load_base when a base model is evaluated without
-    max_length= (not by training)."""
+    max_length= (not by training). authors_usage: how the model's authors use it ({pooling, instruction_style}
+    option names), read by the entry points for the "base as its authors use it" column (not by the backbone)."""
     if size == "full":
         return PretrainedBackbone(name, model_name_or_path, append_eos, lora_target_modules, padding_side, dtype,
                                   probe_timeout_s, trust_remote_code, attn_implementation)

@@ -1,19 +1,29 @@
 """What runs after training: the `eval` group's suite on the run just written, on every rank of the training's
-process group (each rank encodes 1/W of every task's texts on its own device), and the before/after table.
+process group (each rank encodes 1/W of every task's texts on its own device), and the before/after table, whose
+`base` column is the untouched base model as its authors use it (backbone.authors_usage: all-MiniLM-L6-v2 with
+mean pooling and no instruction; a decoder in the recipe's own format), the reference every gain is stated against.
 
     python -m embed_lm.train ... eval=local          # scores go to <run>/eval/local/ and to the run's loggers
+    python -m embed_lm.train experiment=demo         # test_before_training: base / before / after / gain vs base
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import OmegaConf
+
+from embed_lm.errors import ConfigError
 
 from embed_lm.eval.runner import evaluate_embedder
 from embed_lm.eval.suites import build_tasks
 from embed_lm.inference.runs import load_run
 from embed_lm.model.distributed import resolve_device
+from embed_lm.model.registry import build_part
+
+USAGE_GROUPS = ("pooling", "instruction_style")
 
 
 def evaluate_after_training(run_dir: Path, suite_options: dict, evaluation: dict, loggers: list, device: str,
@@ -42,12 +52,50 @@ def evaluate_after_training(run_dir: Path, suite_options: dict, evaluation: dict
     return report
 
 
-def format_metrics(before: dict[str, float] | None, after: dict[str, float]) -> str:
-    """The held-out metrics as a table: one row per metric, a `before` column when the run tested before training."""
+def authors_usage_specs(usage: dict[str, str], conf_dir: Path, where: str = "backbone.authors_usage") -> dict:
+    """{group: the option's config (plain data)} for the authors' usage, e.g. {pooling: mean, instruction_style:
+    none} -> the contents of conf/pooling/mean.yaml and conf/instruction_style/none.yaml."""
+    specs = {}
+    for group in USAGE_GROUPS:
+        option = (usage or {}).get(group)
+        path = conf_dir / group / f"{option}.yaml"
+        if option is None or not path.is_file():
+            known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+            raise ConfigError(f"{where}.{group}={option!r}: no {path}; use one of {', '.join(known)}")
+        specs[group] = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return specs
+
+
+def test_as_authors_use_it(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+                           specs: dict) -> dict[str, float]:
+    """The test splits scored with the authors' pooling and instruction style (`specs` from authors_usage_specs),
+    before training: LoRA's B matrices start at zero, so the model still computes the untouched base model."""
+    pooling = build_part("pooling", specs["pooling"], "backbone.authors_usage.pooling")
+    style = build_part("instruction_style", specs["instruction_style"], "backbone.authors_usage.instruction_style")
+    kept = module.encoder.pooling, datamodule.style
+    module.encoder.pooling, datamodule.style = pooling, style
+    try:
+        return trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    finally:
+        module.encoder.pooling, datamodule.style = kept
+
+
+def format_metrics(before: dict[str, float] | None, after: dict[str, float],
+                   base: dict[str, float] | None = None) -> str:
+    """The held-out metrics as a table, one row per metric: `base` (the base model as its authors use it) and
+    `before` (the base model in this run's format) when the run tested before training, `after`, and the gain of
+    `after` over `base`, the figure a claimed improvement means."""
     names = sorted(after)
     width = max([16] + [len(n) + 2 for n in names])
-    rows = [f"{'metric':<{width}}" + ("" if before is None else f"{'before':>10}") + f"{'after':>10}"]
+    cols = [("base", base), ("before", before), ("after", after)]
+    cols = [(label, values) for label, values in cols if values is not None]
+    head = f"{'metric':<{width}}" + "".join(f"{label:>10}" for label, _ in cols)
+    rows = [head + ("" if base is None else f"{'vs base':>10}")]
     for name in names:
-        b = "" if before is None else f"{before.get(name, float('nan')):>10.4f}"
-        rows.append(f"{name:<{width}}{b}{after[name]:>10.4f}")
+        cells = "".join(f"{values.get(name, float('nan')):>10.4f}" for _, values in cols)
+        gain = "" if base is None else f"{after[name] - base.get(name, float('nan')):>+10.4f}"
+        rows.append(f"{name:<{width}}{cells}{gain}")
+    if base is not None:
+        rows.append("base: the untouched base model as its authors use it (backbone.authors_usage); before: the same "
+                    "model in this run's format")
     return "\n".join(rows)
