@@ -123,6 +123,12 @@ class LoraFSDPStrategy(FSDPStrategy):
         return model
 
 
+def ddp(process_group_backend: str | None = None) -> DDPStrategy:
+    """Lightning's DDPStrategy (what trainer.strategy=ddp builds), with the process-group backend as an option so that
+    trainer=ddp_cpu differs from trainer=ddp only in it (gloo) and the accelerator."""
+    return DDPStrategy(process_group_backend=process_group_backend)
+
+
 def fsdp(sharding_strategy: str = "FULL_SHARD", layer_classes: list[str] | None = None,
          activation_checkpointing: bool = False, **kwargs) -> LoraFSDPStrategy:
     """FSDP sharding each decoder layer (`layer_classes`, dotted names) with LoRA matrices wrapped apart
