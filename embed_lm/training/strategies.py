@@ -236,8 +236,10 @@ def deepspeed(stage: int, gradient_clipping: float | None = 1.0, param_persisten
     zero: dict = {"stage": stage}
     if param_persistence_threshold is not None:
         zero["stage3_param_persistence_threshold"] = param_persistence_threshold
+    # train_micro_batch_size_per_gpu: only DeepSpeed's throughput timers read it (Lightning feeds the batches); set,
+    # so that Lightning never builds the train dataloader to guess it (it would in a test stage before training)
     config = {"zero_optimization": zero, "zero_allow_untested_optimizer": True,
-              "gradient_clipping": float(gradient_clipping or 0.0)}
+              "gradient_clipping": float(gradient_clipping or 0.0), "train_micro_batch_size_per_gpu": 1}
     return ZeroStrategy(config=config, exclude_frozen_parameters=True, process_group_backend=process_group_backend)
 
 
