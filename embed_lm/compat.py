@@ -40,6 +40,11 @@ INTERNALS = {entry.name: entry for entry in [
              "Lightning asks FSDP for full state dicts with offload_to_cpu=True; on CPU processes torch 2.13's FSDP then "
              "frees memory still in use (segfault). Only resuming still goes through it (saving uses public torch API)",
              "an offload_to_cpu option on Lightning's FSDPStrategy"),
+    Internal("fsdp-lazy-init", "torch.distributed.fsdp._runtime_utils:_lazy_init", "torch", ">=2.6,<2.14", "call",
+             "gathering only the LoRA units (summon_full_params on each) before the model's first forward would make "
+             "each unit believe it is the root; the root is initialised first, as its first forward would "
+             "(training/checkpoints.py, fsdp_trainable_state_dict)",
+             "a public FSDP call that initialises the root without gathering its parameters"),
     Internal("zero-setup-distributed", "lightning.pytorch.strategies.deepspeed:DeepSpeedStrategy._init_deepspeed_distributed",
              "lightning", ">=2.6,<2.7", "call",
              "the parent's setup_distributed refuses CPU devices (no device index); the CPU path calls the parent's "

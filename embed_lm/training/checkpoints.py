@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from embed_lm import compat
 from embed_lm.inference.checkpoint_files import clean_name
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ def fsdp_trainable_state_dict(root: torch.nn.Module, offload: bool = False) -> d
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     names = {id(p): clean_name(n) for n, p in root.named_parameters() if p.requires_grad}
+    for top in FSDP.fsdp_modules(root, root_only=True):  # before any forward: else each unit takes itself for a root
+        compat.original("fsdp-lazy-init")(top, top)
     state: dict[str, Tensor] = {}
     for unit in FSDP.fsdp_modules(root):
         own = [p for p in unit.module.parameters(recurse=False) if id(p) in names]
