@@ -45,7 +45,9 @@ def test_zero_trains_and_its_checkpoint_folder_loads(stage, tmp_path):
     run = tmp_path / "run"
     proc = train_cli(stage, run, "trainer.max_steps=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((run / "done.json").read_text())["metrics"]["train/loss"] > 0
+    assert "test/ndcg@10" in json.loads((run / "done.json").read_text())["metrics"]  # tested after training
+    with open(run / "csv" / "metrics.csv") as f:
+        assert all(float(r["train/loss"]) > 0 for r in csv.DictReader(f) if r.get("train/loss"))
 
     ckpt = run / "checkpoints" / "last.ckpt"  # a folder: model states (ZeRO-3: one per rank) + optimiser shards
     shards = [torch.load(f, weights_only=False) for f in sorted((ckpt / "checkpoint").glob("*_model_states.pt"))]

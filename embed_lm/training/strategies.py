@@ -3,7 +3,7 @@ r"""Multi-device strategies as config (conf/trainer/*.yaml) and the start-up che
     python -m embed_lm.train trainer=ddp loss=cached_infonce                    # the paper's batch
     python -m embed_lm.train trainer=fsdp loss=infonce
     python -m embed_lm.train trainer=deepspeed_zero3                           # pip install -e '.[deepspeed]'
-    python -m embed_lm.train backbone=tiny_mistral backbone.tiny.dtype=bfloat16 data=sample debug=smoke \
+    python -m embed_lm.train backbone=tiny_mistral backbone.dtype=bfloat16 data=sample debug=smoke \
         trainer=fsdp_cpu    # or ddp_cpu, deepspeed_zero2_cpu, deepspeed_zero3_cpu: 2 CPU processes over gloo
 
 Cross-device negatives (loss.gather_across_devices=auto) are on with every strategy whenever world size > 1.
