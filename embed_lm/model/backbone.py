@@ -188,7 +188,7 @@ class TinyBackbone:
                  num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 256,
                  max_position_embeddings: int = 32768, rope_theta: float = 10000.0,
                  sliding_window: int | None = 4096, tokenizer_path: str | None = None, seed: int = 0,
-                 append_eos: bool = True, padding_side: str = "right", dtype: str | None = None,
+                 append_eos: bool = True, padding_side: str = "right", dtype: str = "float32",
                  attn_implementation: str = "sdpa") -> None:
         if architecture not in self.ARCHITECTURES:
             raise ValueError(f"backbone.architecture must be one of {self.ARCHITECTURES}, got {architecture!r}")
@@ -223,7 +223,7 @@ class TinyBackbone:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # weights drawn in fp32 then cast: the same values in every dtype
             model = AutoModel.from_config(config, attn_implementation=self.attn_implementation)
-        dtype = resolve_dtype(self.dtype or "auto")  # bfloat16: a bf16 frozen base, as the 7B models on GPUs
+        dtype = resolve_dtype(self.dtype)  # bfloat16: a bf16 frozen base, as the 7B models on GPUs
         buffers = {name: b.dtype for name, b in model.named_buffers()}
         model = model.to(dtype)
         for name, b in model.named_buffers():  # as from_pretrained: buffers (RoPE inv_freq) stay in their own dtype
