@@ -12,12 +12,15 @@ Cross-device negatives (loss.gather_across_devices=auto) are on with every strat
 |-------------------|------------------------------------------------|------------------------------------------------|
 | single device     | yes                                            | yes                                            |
 | ddp               | yes (tested: 2 gloo processes)                 | yes (its own gradient averaging; tested)       |
-| fsdp              | yes: bf16 base + fp32 LoRA, LoRA-only          | refused: FSDP reduce-scatters gradients inside |
-|                   | checkpoints, resume (tested: 2 gloo processes) | every backward pass                            |
-| deepspeed stage 2 | yes: LoRA-only checkpoint folders (tested: 2   | refused: ZeRO-2 partitions and reduces         |
-|                   | gloo processes)                                | gradients during each backward pass            |
-| deepspeed stage 3 | yes: partitioned parameters, adapter gathered  | refused: ZeRO-3 is known to break GradCache    |
-|                   | before saving (tested: 2 gloo processes)       | (parameters gathered per forward pass)         |
+| fsdp              | yes: bf16 base + fp32 LoRA and buffers, only   | refused: FSDP reduce-scatters gradients inside |
+|                   | LoRA gathered for checkpoints, resume, test    | every backward pass                            |
+|                   | before/after training (tested: 2 gloo procs)   |                                                |
+| deepspeed stage 2 | yes: LoRA-only checkpoint folders, fp32-master | refused: ZeRO-2 partitions and reduces         |
+|                   | adapter, test after training (tested: 2 gloo)  | gradients during each backward pass            |
+| deepspeed stage 3 | yes: partitioned parameters, fp32-master       | refused: ZeRO-3 is known to break GradCache    |
+|                   | adapter, test after training (tested: 2 gloo)  | (parameters gathered per forward pass)         |
+Every *_cpu preset is its GPU preset (bf16-mixed included) with only accelerator, devices and process-group backend
+changed (tests/test_trainer_presets.py). Library internals used here are listed in embed_lm/compat.py.
 Also refused with the cached loss: fp16 autocast ("16-mixed": it needs loss scaling; use bf16-mixed) and gradient
 accumulation (accumulating never enlarges the negative pool; raise data.batch_size instead).
 Resuming: ckpt_path=<run>/checkpoints/last.ckpt, a file (fsdp, ddp) or a folder (deepspeed).
