@@ -52,6 +52,8 @@ def export(run: str | Path, out: Path, task: str | None = None, kind: str = "sho
     if "dtype" in cfg.backbone:
         with open_dict(cfg):
             cfg.backbone.dtype = "float32"  # merge in float32 (dtype=auto would load bf16 weights on GPU machines)
+            if cfg.backbone.get("tiny"):
+                cfg.backbone.tiny.dtype = None  # a tiny base follows backbone.dtype
     embedder = build_embedder(cfg, embedder_dir, ckpt, device="cpu", merge=True, max_length=max_length,
                               trust_remote_code=trust_remote_code, where=str(embedder_dir / "config.yaml"))
     model, pooling, collator = embedder.encoder.backbone, embedder.encoder.pooling, embedder.collator

@@ -109,3 +109,48 @@ def strategy_worker(rank: int, world_size: int, init_file: str, out_dir: str, pe
         dist.barrier()
     torch.save(results, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def small_split(folder, n_queries: int = 16, n_other_docs: int = 48):
+    """A small BEIR split (the first n_queries of the sample's test split, their relevant documents and
+    n_other_docs more) written to `folder`: the multi-process runs' test and validation split, seconds to encode."""
+    import json as json_
+    from pathlib import Path
+
+    from conftest import SAMPLE
+
+    src, dst = Path(SAMPLE) / "test", Path(folder)
+    (dst / "qrels").mkdir(parents=True, exist_ok=True)
+    queries = [json_.loads(line) for line in (src / "queries.jsonl").read_text().splitlines()[:n_queries]]
+    ids = {q["_id"] for q in queries}
+    header, *rows = (src / "qrels" / "test.tsv").read_text().splitlines()
+    qrels = [r for r in rows if r.split("\t")[0] in ids]
+    relevant = {r.split("\t")[1] for r in qrels}
+    docs, others = [], 0
+    for line in (src / "corpus.jsonl").read_text().splitlines():
+        doc = json_.loads(line)
+        if doc["_id"] in relevant or others < n_other_docs:
+            others += doc["_id"] not in relevant
+            docs.append(line)
+    (dst / "queries.jsonl").write_text("".join(json_.dumps(q) + "\n" for q in queries))
+    (dst / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    for split in ("test", "dev"):
+        (dst / "qrels" / f"{split}.tsv").write_text("\n".join([header, *qrels]) + "\n")
+    return dst
+
+
+def one_process_metrics(run, split_dir, task: str, dtype=None) -> dict[str, float]:
+    """The run's adapter evaluated by one process (load_run's Embedder, as `encode` does) on split_dir, prefixed
+    test/; dtype: the autocast dtype the training's test stage computed in (bf16-mixed: torch.bfloat16)."""
+    from embed_lm.data.beir import BeirSplit
+    from embed_lm.eval.retrieval_metrics import retrieval_metrics
+    from embed_lm.inference.runs import load_run
+
+    embedder, _ = load_run(run)
+    embedder.dtype = dtype
+    data = BeirSplit(str(split_dir), "test", task).load()
+    q = embedder.encode_queries(list(data.queries.values()), task=data.task)  # (Q, D)
+    c = embedder.encode_documents(list(data.corpus.values()))  # (C, D)
+    index = {d: i for i, d in enumerate(data.corpus)}
+    scores = retrieval_metrics(q, c, [{index[d]: r for d, r in data.qrels[x].items()} for x in data.queries])
+    return {f"test/{k}": v for k, v in scores.items()}

@@ -20,13 +20,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, SAMPLE, compose_config, compose_train
+from conftest import ROOT, compose_config, compose_train
 from embed_lm import encode as encode_cli
 from embed_lm import evaluate as evaluate_entry
 from embed_lm import export as export_cli
 from embed_lm import train as train_entry
 from embed_lm.inference.cli import run_main
-from embed_lm.errors import UserError, exit_on_user_error
+from embed_lm.errors import exit_on_user_error
 from embed_lm.inference.runs import load_run, model_parts
 from embed_lm.training.resume import CONFIG_KEY
 

@@ -50,10 +50,11 @@ def test_each_row_runs_once_as_its_own_process_group(sweep):
         assert len(re.findall(rf"rank {rank} of 2 encoded (\d+) texts", log)) == len(ROWS)
 
 
-@pytest.fixture(scope="module")
-def one_process(sweep):
-    """The trained default row's test split, encoded by one process (Embedder, as `encode` does) and scored."""
-    embedder, _ = load_run(row_dir(sweep[0], "default"), device="cpu", merge=False)
+def encode_and_score(run, dtype):
+    """The trained default row's test split, encoded by one process (Embedder, as `encode` does) and scored;
+    dtype: the autocast dtype (the training's test stage runs under trainer=ddp_cpu's bf16-mixed)."""
+    embedder, _ = load_run(run, device="cpu", merge=False)
+    embedder.dtype = dtype
     spec = compose_config("train", ["data=sample", "experiment=table4_cpu", "backbone=tiny_mistral"]).data.test
     data = BeirSplit(spec.path, spec.split, spec.task).load()
     q = embedder.encode_queries(list(data.queries.values()), task=data.task)  # (Q, D)
@@ -62,10 +63,19 @@ def one_process(sweep):
     return retrieval_metrics(q, c, [{doc_index[d]: r for d, r in data.qrels[x].items()} for x in data.queries])
 
 
+@pytest.fixture(scope="module")
+def one_process(sweep):
+    """fp32, as the evaluation after training loads the run on a CPU."""
+    return encode_and_score(row_dir(sweep[0], "default"), None)
+
+
 @pytest.mark.slow
-def test_sharded_test_split_equals_one_process(sweep, one_process):
+def test_sharded_test_split_equals_one_process(sweep):
+    import torch
+
     sharded = json.loads((row_dir(sweep[0], "default") / "test_metrics.json").read_text())["after"]
-    assert {f"test/{k}": v for k, v in one_process.items()} == pytest.approx(sharded, abs=1e-6)
+    one = encode_and_score(row_dir(sweep[0], "default"), torch.bfloat16)  # bf16 autocast as the test stage
+    assert {f"test/{k}": v for k, v in one.items()} == pytest.approx(sharded, abs=5e-3)  # batches differ in padding
 
 
 @pytest.mark.slow

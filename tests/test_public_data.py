@@ -10,7 +10,6 @@ are the defaults and pick the same rows every run; the docs table matches the co
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 

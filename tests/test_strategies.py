@@ -9,6 +9,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import ROOT, compose_train
+from strategy_helpers import small_split
 from embed_lm.training.strategies import IncompatibleSetupError, check_setup
 
 
@@ -60,8 +61,8 @@ def test_missing_deepspeed_says_how_to_install(monkeypatch):
 def test_ddp_with_two_cpu_processes_trains(loss_name, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "embed_lm.train", "backbone=tiny_mistral", "data=sample", "debug=smoke",
-           "trainer=ddp_cpu", f"loss={loss_name}", "trainer.max_steps=3",
-           "test_after_training=false", "logger=csv", f"hydra.run.dir={out}", "data.dev=null"]
+           "trainer=ddp_cpu", f"loss={loss_name}", "trainer.max_steps=3", "logger=csv",
+           f"data.test.path={small_split(tmp_path / 'split')}", f"hydra.run.dir={out}", "data.dev=null"]
     if loss_name == "cached_infonce":
         cmd.append("loss.mini_batch_size=3")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -74,5 +75,5 @@ def test_ddp_with_two_cpu_processes_trains(loss_name, tmp_path):
     assert logged.count("cross-device negatives: on (loss.gather_across_devices=auto, world size 2): global pool "
                         "16 queries x 32 documents (8 x 16 per rank)") == 1, logged[-3000:]
     record = json.loads((out / "done.json").read_text())
-    assert record["metrics"]["train/loss"] > 0
+    assert "test/ndcg@10" in record["metrics"]  # the evaluation after training ran on both ranks
     assert (out / "embedder" / "adapter" / "adapter_model.safetensors").is_file()

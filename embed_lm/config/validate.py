@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from embed_lm.errors import ConfigError
-from embed_lm.model.backbone import TinyBackbone
+from embed_lm.model.backbone import TinyBackbone, tiny_dtype
 from embed_lm.model.pooling import Pooling
 from embed_lm.model.registry import PARTS
 
@@ -241,6 +241,7 @@ def check_train(cfg: DictConfig) -> None:
         if backbone.get("architecture") not in TinyBackbone.ARCHITECTURES:
             raise ConfigError(f"backbone.architecture={backbone.get('architecture')!r}: size=tiny needs one of "
                               f"{', '.join(TinyBackbone.ARCHITECTURES)}")
+        tiny_dtype(backbone["name"], backbone.get("dtype", "auto"), backbone["tiny"].get("dtype"))  # one dtype
     if backbone["size"] == "full" and not isinstance(backbone.get("model_name_or_path"), str):
         raise ConfigError("backbone.model_name_or_path must be a hub id or a local model folder")
     if tree.get("eval") is not None:  # the evaluation after training: checked now, not after hours of training

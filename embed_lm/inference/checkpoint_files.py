@@ -14,11 +14,11 @@ import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import Tensor
 
+from embed_lm import compat
 from embed_lm.errors import MissingFileError, UnsafeFileError, UserError
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_forward_module.")
@@ -87,13 +87,12 @@ DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepsp
 @contextlib.contextmanager
 def data_only_torch_load() -> Iterator[None]:
     """DeepSpeed's converter reads its files with torch.load(weights_only=False); inside this context every torch.load
-    is weights_only=True with DeepSpeed's few plain classes allow-listed, so a crafted checkpoint cannot run code."""
+    is weights_only=True with DeepSpeed's few plain classes allow-listed, so a crafted checkpoint cannot run code
+    (compat entry torch-load-data-only)."""
     classes = [getattr(importlib.import_module(module), name)
                for module, _, name in (c.rpartition(".") for c in DEEPSPEED_SAFE_GLOBALS)]
-    original = torch.load
-
     def load(*args, **kwargs):
         return original(*args, **{**kwargs, "weights_only": True})
 
-    with torch.serialization.safe_globals(classes), mock.patch.object(torch, "load", load):
+    with torch.serialization.safe_globals(classes), compat.swapped("torch-load-data-only", load) as original:
         yield

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from peft import PeftModel
 
 from embed_lm.errors import ConfigError, MissingFileError, UserError
+from embed_lm.model.backbone import usable_attention
 from embed_lm.model.collator import TextCollator
 from embed_lm.inference.embedder import Embedder
 from embed_lm.model.encoder import TextEncoder
@@ -98,6 +99,9 @@ def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path 
         log.warning("%s sets backbone.trust_remote_code=true: ignored (only the command line can allow a model's "
                     "own code to run; pass trust_remote_code=true if you trust this model)", where)
     full = adapter_dir is not None and (adapter_dir / FULL_WEIGHTS / "config.json").is_file()
+    requested = backbone_overrides.get("attn_implementation") or (cfg.get("backbone") or {}).get(
+        "attn_implementation", "sdpa")
+    backbone_overrides["attn_implementation"] = usable_attention(requested, device)  # flash-attn missing: sdpa
     if full:  # lora_rank=full: the run's own weights replace the base model's
         backbone_overrides |= {"model_name_or_path": str(adapter_dir / FULL_WEIGHTS), "size": "full"}
     spec, pooling, style = model_parts(cfg, where, trust_remote_code=trust_remote_code, **backbone_overrides)
@@ -133,18 +137,21 @@ def build_embedder(cfg: DictConfig, adapter_dir: Path | None = None, ckpt: Path 
 
 
 def load_run(run: str | Path, device: str = "cpu", merge: bool = False, max_length: int | None = None,
-             trust_remote_code: bool = False) -> tuple[Embedder, DictConfig]:
+             trust_remote_code: bool = False, attn_implementation: str | None = None) -> tuple[Embedder, DictConfig]:
     """The run's embedder and its resolved training config (a merged export: its weights, no adapter).
-    A merged export always loads the weights in its own folder (moved or copied, it still loads itself)."""
+    A merged export always loads the weights in its own folder (moved or copied, it still loads itself).
+    attn_implementation: overrides the run's (sdpa, eager, flash_attention_2); by default the run's, except
+    flash_attention_2 where flash-attn cannot run: sdpa (logged)."""
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
     folder = Path(run).expanduser()
     if (folder / MERGED_CONFIG).is_file():
         cfg = read_config(folder / MERGED_CONFIG)
         return build_embedder(cfg, None, None, device, False, max_length, trust_remote_code,
-                              str(folder / MERGED_CONFIG), model_name_or_path=str(folder.resolve())), cfg
+                              str(folder / MERGED_CONFIG), model_name_or_path=str(folder.resolve()), **attention), cfg
     embedder_dir, ckpt = find_embedder_dir(run)
     cfg = read_config(embedder_dir / "config.yaml")
     return build_embedder(cfg, embedder_dir, ckpt, device, merge, max_length, trust_remote_code,
-                          str(embedder_dir / "config.yaml")), cfg
+                          str(embedder_dir / "config.yaml"), **attention), cfg
 
 
 def load_base(cfg: DictConfig, device: str = "cpu", max_length: int | None = None) -> Embedder:

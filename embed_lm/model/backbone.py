@@ -102,11 +102,36 @@ def resolve_model_source(name: str, model_name_or_path: str, probe_timeout_s: fl
                                 + "; ".join(tried) + f". {fix}")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
     """'auto' = bfloat16 on a GPU that supports it (frozen weights; LoRA and autocast handle the rest), else fp32."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"backbone.dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, dtype)
+
+
+def usable_attention(requested: str, device: str | torch.device = "cpu") -> str:
+    """The attention implementation to load a trained model with: `requested` (the run's backbone.attn_implementation
+    or the caller's override), except flash_attention_2 where flash-attn cannot run (not installed, or not a CUDA
+    device): sdpa then, said in a log line. Same weights, same results up to rounding (padding is masked)."""
+    if requested != "flash_attention_2":
+        return requested
+    import importlib.util
+
+    why = None
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "flash-attn is not installed"
+    elif not str(device).startswith("cuda"):
+        why = f"flash-attn needs a CUDA device, not {device}"
+    if why is None:
+        return requested
+    log.info("attn_implementation=flash_attention_2 (the run's) -> sdpa: %s (pass attn_implementation= to choose)",
+             why)
+    return "sdpa"
 
 
 def _targets(target_modules: list[str] | str) -> list[str] | str:
@@ -196,12 +221,29 @@ class TinyBackbone:
                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                       pad_token_id=tokenizer.pad_token_id, **self.config_kwargs)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.seed)  # weights drawn in fp32 then cast: the same values in every dtype
             model = AutoModel.from_config(config, attn_implementation=self.attn_implementation)
-        model = model.to(resolve_dtype(self.dtype))  # bfloat16: a bf16 frozen base, as the 7B models on GPUs
+        dtype = resolve_dtype(self.dtype)  # bfloat16: a bf16 frozen base, as the 7B models on GPUs
+        buffers = {name: b.dtype for name, b in model.named_buffers()}
+        model = model.to(dtype)
+        for name, b in model.named_buffers():  # as from_pretrained: buffers (RoPE inv_freq) stay in their own dtype
+            if b.dtype != buffers[name]:
+                owner, _, attribute = name.rpartition(".")
+                setattr(model.get_submodule(owner), attribute, b.to(buffers[name]))  # keeps it a (non-)persistent buffer
         model.config.use_cache = False
         return LoadedBackbone(self.name, model, tokenizer, self.append_eos, self.padding_side,
                               self.lora_target_modules)
+
+
+def tiny_dtype(name: str, dtype: str, tiny: str | None) -> str:
+    """A tiny backbone's dtype: backbone.dtype, or backbone.tiny.dtype where only that one is set (not 'auto');
+    both set to different dtypes is refused (one would be silently ignored)."""
+    if tiny is None or tiny == dtype:
+        return dtype
+    if dtype == "auto":
+        return tiny
+    raise ConfigError(f"backbone '{name}': backbone.dtype={dtype} and backbone.tiny.dtype={tiny} disagree; set one "
+                      f"(backbone.dtype={tiny} or backbone.tiny.dtype=null)")
 
 
 def build_backbone(name: str, architecture: str, model_name_or_path: str, append_eos: bool,
@@ -223,6 +265,8 @@ def build_backbone(name: str, architecture: str, model_name_or_path: str, append
     if size == "tiny":
         if not tiny:
             raise ConfigError(f"backbone '{name}' has no tiny configuration (backbone.tiny); use size=full")
+        tiny = dict(tiny)
+        tiny["dtype"] = tiny_dtype(name, dtype, tiny.get("dtype"))
         return TinyBackbone(name, architecture, append_eos=append_eos, padding_side=padding_side,
                             attn_implementation=attn_implementation, **tiny)
     raise ConfigError(f"backbone.size must be 'full' or 'tiny', got {size!r}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from embed_lm import compat
 from embed_lm.inference.checkpoint_files import clean_name
 
 if TYPE_CHECKING:
@@ -30,32 +31,63 @@ def _name_in(root: torch.nn.Module, module: torch.nn.Module) -> str:
     raise ValueError(f"{type(module).__name__} is not a submodule of {type(root).__name__}")
 
 
+def fsdp_trainable_state_dict(root: torch.nn.Module, offload: bool = False) -> dict[str, Tensor]:
+    """The trainable weights under FSDP, full-size, named as root.state_dict() names them, on every rank (a
+    collective: call it on all ranks). Only the FSDP units holding trainable weights are gathered, one at a time
+    (lora_wrap_policy makes each LoRA matrix a unit of its own): the frozen base is never gathered, so a checkpoint
+    of a 7B run moves and holds only the LoRA bytes. offload: copy each gathered tensor to the CPU (GPUs)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    names = {id(p): clean_name(n) for n, p in root.named_parameters() if p.requires_grad}
+    for top in FSDP.fsdp_modules(root, root_only=True):  # before any forward: else each unit takes itself for a root
+        compat.original("fsdp-lazy-init")(top, top)
+    state: dict[str, Tensor] = {}
+    for unit in FSDP.fsdp_modules(root):
+        own = [p for p in unit.module.parameters(recurse=False) if id(p) in names]
+        if not own:  # a decoder layer's unit (frozen) or a unit whose trainable weights sit in child units
+            continue
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+            for p in own:
+                state[names[id(p)]] = p.detach().to("cpu" if offload else p.device, copy=True)
+    missing = set(names.values()) - set(state)
+    if missing:
+        raise RuntimeError(f"{len(missing)} trainable tensors are not in an FSDP unit of their own (e.g. "
+                           f"{sorted(missing)[0]}); trainer=fsdp wraps each LoRA matrix apart (lora_wrap_policy)")
+    return state
+
+
 def adapter_weights(trainer: L.Trainer, peft_model: torch.nn.Module) -> dict[str, Tensor]:
     """The trainable weights of `peft_model`, full-size, on CPU, named as peft_model.state_dict() names them (what
-    write_adapter takes). Call it on every rank: under FSDP the full state dict and
-    under ZeRO-3 the gathering are collectives. Complete on rank 0 (FSDP leaves the other ranks empty)."""
+    write_adapter takes). Call it on every rank: under FSDP and ZeRO-3 the gathering is a collective. Complete on
+    every rank.
+    DeepSpeed with bf16-mixed trains bf16 module weights against fp32 master weights held by its optimiser: the
+    adapter is written from the fp32 master weights (what the checkpoint holds), not from the rounded module."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy  # here: runs.py needs no Lightning
 
     strategy = trainer.strategy
-    trainable = {clean_name(n) for n, p in peft_model.named_parameters() if p.requires_grad}
-    if isinstance(strategy, FSDPStrategy):
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        root = strategy.model  # FSDP(LightningModule)
-        prefix = _name_in(root, peft_model)
-        offload = strategy.root_device.type != "cpu"  # on CPU it would segfault: strategies.LoraFSDPStrategy
-        with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT,
-                                  FullStateDictConfig(offload_to_cpu=offload, rank0_only=True)):
-            full = root.state_dict()  # gathered unit by unit; only rank 0 keeps the tensors
-        return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix) and k[len(prefix):] in trainable}
     named = [(clean_name(n), p) for n, p in peft_model.named_parameters() if p.requires_grad]
-    if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
-            return {n: p.detach().cpu().clone() for n, p in named}
+    if isinstance(strategy, FSDPStrategy):
+        root = strategy.model  # the LightningModule, its encoder wrapped in configure_model
+        prefix = _name_in(root, peft_model)
+        full = fsdp_trainable_state_dict(root, offload=strategy.root_device.type != "cpu")
+        return {k[len(prefix):]: v.cpu() for k, v in full.items() if k.startswith(prefix)}
+    if isinstance(strategy, DeepSpeedStrategy):
+        return _zero_fp32_weights(strategy, named)
     return {n: p.detach().cpu().clone() for n, p in named}
+
+
+def _zero_fp32_weights(strategy, named: list[tuple[str, Tensor]]) -> dict[str, Tensor]:
+    """The fp32 master weights of DeepSpeed's optimiser for `named` parameters, full-size, on every rank
+    (deepspeed.utils.safe_get_full_fp32_param: public, a collective under ZeRO-3)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for n, p in named:
+        full = safe_get_full_fp32_param(p)
+        if full is None:
+            raise RuntimeError(f"DeepSpeed holds no fp32 master weight for {n}; is it trained by the engine's optimiser?")
+        out[n] = full.detach().float().cpu().clone()
+    return out
 
 
 def write_adapter(peft_model: torch.nn.Module, weights: dict[str, Tensor], path: Path) -> None:

@@ -27,8 +27,11 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from embed_lm import compat
+
 
 class _KeepingWriter(ExperimentWriter):
+    @compat.overrides("csv-keep-history")
     def _check_log_dir_exists(self) -> None:  # the parent deletes metrics.csv here; keep it and its header
         self.inherited = 0  # rows written by earlier processes
         if self._fs.isfile(self.metrics_file_path):
@@ -59,6 +62,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
+    @compat.overrides("csv-logger-experiment")
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)

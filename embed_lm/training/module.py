@@ -141,10 +141,18 @@ class ContrastiveEncoderModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by global norm at `grad_clip` (optimizer.grad_clip in the config), in both optimisation modes.
         FSDP: the norm over every rank's gradient shards (FSDP.clip_grad_norm_; Lightning refuses norm clipping)."""
-        if self.grad_clip and isinstance(self.trainer.model, FSDP):
-            self.trainer.model.clip_grad_norm_(self.grad_clip)
+        if self.grad_clip and isinstance(self.encoder, FSDP):
+            self.encoder.clip_grad_norm_(self.grad_clip)
         elif self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def configure_model(self) -> None:
+        """Lightning's sharding hook, called before every Trainer stage: under trainer=fsdp the encoder is wrapped
+        here, once (the strategy's `shard`), and the same FSDP module then serves the test before training, fit with
+        its validation, and the test after it. Other strategies have no `shard`: nothing to do."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None and not isinstance(self.encoder, FSDP):
+            self.encoder = shard(self.encoder)
 
     # --- evaluation: dataloader 0 = queries, 1 = corpus of one RetrievalSplit, sharded over the ranks ---------
     def _eval_step(self, batch: tuple[Tensor, TokenizedBatch], dataloader_idx: int) -> None:
