@@ -4,7 +4,6 @@ adapter as an uninterrupted run, since every rank's RNG state is saved and resto
 same checkpoint is refused as a config change unless resume.allow_changes names trainer; then it runs and logs what
 cannot be exact."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from test_resume import losses  # per-step losses from a run's csv/metrics.csv
 
 RUN = ["backbone=tiny_mistral", "data=sample", "debug=smoke", "trainer=ddp_cpu", "trainer.max_steps=4",
        "test_after_training=false", "logger=csv", "data.dev=null", "data.batch_size=4", "data.max_length=32",
@@ -26,11 +26,6 @@ def train_cli(out, *extra):
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "embed_lm.train", *RUN, f"hydra.run.dir={out}", *extra], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env=env)
-
-
-def losses(run_dir) -> list[tuple[int, float]]:
-    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
-        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 @pytest.fixture(scope="module")
