@@ -119,7 +119,7 @@ def check_resume(cfg: DictConfig, output_dir: Path) -> Path | None:
 def check_resume_data(cfg: DictConfig, resume_from: Path | None, datamodule) -> dict:
     """The training data's fingerprint (recorded in every checkpoint), after checking that the checkpoint to resume
     from was trained on the same data (or resume.allow_changes names data)."""
-    data = data_fingerprint(datamodule.sources)
+    data = data_fingerprint(datamodule.sources, datamodule.cache_dir)
     if resume_from is not None:
         allow = list(cfg.get("resume", {}).get("allow_changes") or [])
         check_same_data(checkpoint_record(resume_from).get(DATA_KEY), data, allow, f"checkpoint {resume_from}")

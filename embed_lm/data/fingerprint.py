@@ -1,38 +1,32 @@
 """The training data of a run, fingerprinted: every checkpoint records it, and a resume with other data is refused
 (embed_lm/training/resume.py) unless `resume.allow_changes` names `data`.
 
-    data_fingerprint(datamodule.sources)    # {source: {"options": {...}, "files": {absolute path: sha256}}}
+    data_fingerprint(datamodule.sources, datamodule.cache_dir)   # {source: {"options": {...}, "files": {path: hash}}}
     data_changes(saved, now)                # ["source 'msmarco': .../triples.tsv: other content", ...]
 
-A file is identified by the SHA-256 of its content (not size and modification time, which an edit can keep): every
-training file is read once per start, about 1 s per GB. A source's options (max_examples, skip_invalid, a hub set's
-id and split, ...) are those of its Arrow cache key (embed_lm/data/tables.py), without the files' stat entries.
+A file is identified by the content hash of its Arrow cache key (not size and modification time, which an edit can
+keep), and a source's options (max_examples, skip_invalid, a hub set's id and split, ...) are the rest of that key
+(embed_lm/data/tables.py): the hashes remembered under `cache_dir/file_hashes/` are reused, so a start reads no file
+again that building or finding its table already hashed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+from embed_lm.data.tables import source_key
 
 
-def data_fingerprint(sources: dict[str, Any]) -> dict[str, dict]:
+def data_fingerprint(sources: dict[str, Any], cache_dir: str | Path) -> dict[str, dict]:
     """Per source: its cache-key options (plain JSON values) and the content hash of every file it reads."""
     out = {}
     for name, source in sources.items():
-        options = {k: v for k, v in source.cache_key().items() if k != "files"}
-        files = source.files() if hasattr(source, "files") else []
-        out[name] = {"options": json.loads(json.dumps(options, sort_keys=True, default=str)),
-                     "files": {str(Path(p).resolve()): file_sha256(Path(p)) for p in files}}
+        key = source_key(source, cache_dir)
+        files = key.pop("files", [])  # (absolute path, size, content hash) per file
+        out[name] = {"options": json.loads(json.dumps(key, sort_keys=True, default=str)),
+                     "files": {path: digest for path, _size, digest in files}}
     return out
 
 
